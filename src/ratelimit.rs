@@ -1,0 +1,324 @@
+//! Rate limits that hold across instances: per channel (its one configured platform account:
+//! the page, the sender number, the project, the topic), a local `governor` limiter holding
+//! this instance's share of the policy's rate. A throttling answer halves the rate at once and
+//! remembers 90% of the rate it happened at as the platform's real limit: the rate climbs back
+//! quickly (5% of the ceiling per second) to that limit, then only slowly (0.5% per second)
+//! above it, so a platform that lowered its limit without saying so is met just below it with
+//! a rare probe. The rate now is a gauge.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::model::Channel;
+
+/// Lowest rate adaptation goes to, as a share of the ceiling.
+const FLOOR_SHARE: f64 = 0.02;
+/// Two decreases are at least this far apart: one storm of 429s is one signal.
+const DECREASE_GAP: Duration = Duration::from_millis(500);
+
+struct Bucket {
+    /// The policy's rate (all instances together).
+    ceiling: f64,
+    burst: u32,
+    /// The adapted global rate, ≤ ceiling.
+    current: f64,
+    /// Where throttling last began (90% of it): climbed to quickly, passed slowly.
+    safe: f64,
+    /// This instance's share the limiter was built for.
+    built_for: f64,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    last_decrease: Option<Instant>,
+    last_update: Instant,
+}
+
+/// All limits of this instance.
+pub struct Limits {
+    buckets: Mutex<HashMap<Channel, Bucket>>,
+    instances: AtomicU32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn build(share: f64, burst: u32) -> Arc<DefaultDirectRateLimiter> {
+    // governor takes whole cells per period: a rate below 1/s is one cell per 1/rate seconds.
+    let period = Duration::from_secs_f64(1.0 / share.max(0.001));
+    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst);
+    Arc::new(RateLimiter::direct(quota))
+}
+
+impl Limits {
+    pub fn new() -> Self {
+        Self {
+            buckets: Mutex::new(HashMap::new()),
+            instances: AtomicU32::new(1),
+        }
+    }
+
+    /// How many instances share each rate (from their heartbeats).
+    pub fn set_instances(&self, n: u32) {
+        self.instances.store(n.max(1), Ordering::Relaxed);
+    }
+
+    pub fn instances(&self) -> u32 {
+        self.instances.load(Ordering::Relaxed)
+    }
+
+    /// The limiter to wait on for one send on `channel` under the policy's `per_second` (and
+    /// burst); None when the policy sets no rate. Recomputes the share when the policy, the
+    /// number of instances or the adaptation changed it.
+    pub fn limiter(
+        &self,
+        channel: Channel,
+        per_second: Option<f64>,
+        burst: Option<u32>,
+    ) -> Option<Arc<DefaultDirectRateLimiter>> {
+        let ceiling = per_second.filter(|r| *r > 0.0)?;
+        let instances = f64::from(self.instances());
+        let mut all = self.buckets.lock().ok()?;
+        let now = Instant::now();
+        let b = burst.unwrap_or(1);
+        let bucket = all.entry(channel).or_insert_with(|| Bucket {
+            ceiling,
+            burst: b,
+            current: ceiling,
+            safe: ceiling,
+            built_for: 0.0,
+            limiter: build(ceiling / instances, b),
+            last_decrease: None,
+            last_update: now,
+        });
+        if bucket.ceiling != ceiling {
+            // A policy edit: a lower ceiling applies at once, a higher one is climbed to.
+            bucket.current = bucket.current.min(ceiling);
+            bucket.safe = bucket.safe.min(ceiling);
+            bucket.ceiling = ceiling;
+        }
+        // Recovery: fast up to the last known safe rate, slowly beyond it (a probe), and the
+        // safe rate itself creeps back up so a platform that lifted its limit is found again.
+        let dt = now.duration_since(bucket.last_update).as_secs_f64();
+        bucket.last_update = now;
+        let (fast, slow) = (bucket.ceiling * 0.05 * dt, bucket.ceiling * 0.005 * dt);
+        bucket.safe = (bucket.safe + slow).min(bucket.ceiling);
+        if bucket.current < bucket.safe {
+            bucket.current = (bucket.current + fast).min(bucket.safe);
+        } else if bucket.current < bucket.ceiling {
+            bucket.current = (bucket.current + slow).min(bucket.ceiling);
+        }
+        // In any one-second window a limiter lets through its rate plus its burst: keep the
+        // burst inside this instance's part, and 20% more for the jitter between our clock and
+        // the platform's, so all instances together stay under the rate as the platform
+        // counts it (at very low rates, where that leaves too little, half the part is kept).
+        let fair = bucket.current / instances;
+        let share = ((fair - f64::from(b)) * 0.8).max(fair * 0.5);
+        if (share - bucket.built_for).abs() > share * 0.02 || bucket.burst != b {
+            bucket.limiter = build(share, b);
+            bucket.built_for = share;
+            bucket.burst = b;
+        }
+        crate::telemetry::rate(channel, share);
+        Some(bucket.limiter.clone())
+    }
+
+    /// The platform throttled us on `channel`: halve the rate now.
+    pub fn throttled(&self, channel: Channel) {
+        let Ok(mut all) = self.buckets.lock() else {
+            return;
+        };
+        let Some(b) = all.get_mut(&channel) else {
+            return;
+        };
+        let now = Instant::now();
+        if b.last_decrease
+            .is_some_and(|t| now.duration_since(t) < DECREASE_GAP)
+        {
+            return;
+        }
+        b.last_decrease = Some(now);
+        b.safe = (b.current * 0.9).max(b.ceiling * FLOOR_SHARE);
+        b.current = (b.current / 2.0).max(b.ceiling * FLOOR_SHARE);
+        b.last_update = now;
+    }
+
+    /// The global rate `channel` runs at now (None: no rate set).
+    pub fn current(&self, channel: Channel) -> Option<f64> {
+        self.buckets.lock().ok()?.get(&channel).map(|b| b.current)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_rate_no_limiter() {
+        let l = Limits::new();
+        assert!(l.limiter(Channel::Sms, None, None).is_none());
+        assert!(l.limiter(Channel::Sms, Some(0.0), None).is_none());
+    }
+
+    #[test]
+    fn throttling_halves_then_recovers_to_the_ceiling() {
+        let l = Limits::new();
+        l.limiter(Channel::Messenger, Some(300.0), None)
+            .expect("limiter");
+        l.throttled(Channel::Messenger);
+        assert_eq!(l.current(Channel::Messenger), Some(150.0));
+        // A second 429 in the same storm is the same signal.
+        l.throttled(Channel::Messenger);
+        assert_eq!(l.current(Channel::Messenger), Some(150.0));
+        // A policy cut applies at once, below the adapted rate.
+        l.limiter(Channel::Messenger, Some(50.0), None)
+            .expect("limiter");
+        assert!(l.current(Channel::Messenger).expect("rate") <= 50.0);
+        // Never below the floor.
+        for _ in 0..20 {
+            if let Ok(mut all) = l.buckets.lock() {
+                if let Some(b) = all.get_mut(&Channel::Messenger) {
+                    b.last_decrease = None;
+                }
+            }
+            l.throttled(Channel::Messenger);
+        }
+        assert!(l.current(Channel::Messenger).expect("rate") >= 50.0 * FLOOR_SHARE);
+    }
+
+    #[test]
+    fn the_share_is_split_between_instances() {
+        let l = Limits::new();
+        l.set_instances(3);
+        let lim = l
+            .limiter(Channel::Sms, Some(3.0), Some(1))
+            .expect("limiter");
+        // One cell per second for this instance: the first passes, the second must wait.
+        assert!(lim.check().is_ok());
+        assert!(lim.check().is_err());
+    }
+}
+
+/// A channel's circuit breaker: a storm of transient or auth failures (R, A) opens it; while
+/// open nothing is sent; then a single probe is let through, and its answer closes or reopens
+/// it. Any meaningful platform answer (sent, dead address, policy, throttled, payload) resets
+/// the count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe is out; the next answer decides.
+    HalfOpen,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Circuit {
+    pub state: CircuitState,
+    /// Consecutive R/A answers that open it.
+    pub threshold: u32,
+    /// How long it stays open.
+    pub open_for: Duration,
+}
+
+impl Circuit {
+    pub fn new(threshold: u32, open_for: Duration) -> Self {
+        Self {
+            state: CircuitState::Closed { failures: 0 },
+            threshold: threshold.max(1),
+            open_for,
+        }
+    }
+
+    /// How many entries may be claimed now: None while open, Some(1) for the probe,
+    /// Some(usize::MAX) when closed (the caller's own limits apply).
+    pub fn allowance(&mut self, now: Instant) -> Option<usize> {
+        match self.state {
+            CircuitState::Closed { .. } => Some(usize::MAX),
+            CircuitState::Open { until } if now < until => None,
+            CircuitState::Open { .. } => {
+                self.state = CircuitState::HalfOpen;
+                Some(1)
+            }
+            CircuitState::HalfOpen => Some(1),
+        }
+    }
+
+    /// Records one answer; `failure` is an R or A outcome. Returns true when this opened it.
+    pub fn record(&mut self, failure: bool, now: Instant) -> bool {
+        match (self.state, failure) {
+            (CircuitState::Closed { failures }, true) => {
+                if failures + 1 >= self.threshold {
+                    self.state = CircuitState::Open {
+                        until: now + self.open_for,
+                    };
+                    return true;
+                }
+                self.state = CircuitState::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            (CircuitState::HalfOpen, true) => {
+                self.state = CircuitState::Open {
+                    until: now + self.open_for,
+                };
+                true
+            }
+            (CircuitState::Open { .. }, _) => false,
+            (_, false) => {
+                self.state = CircuitState::Closed { failures: 0 };
+                false
+            }
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self.state {
+            CircuitState::Closed { .. } => "closed",
+            CircuitState::Open { .. } => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+}
+
+#[cfg(test)]
+mod circuit_tests {
+    use super::*;
+
+    #[test]
+    fn opens_on_a_storm_probes_then_closes_or_reopens() {
+        let t0 = Instant::now();
+        let mut c = Circuit::new(3, Duration::from_secs(10));
+        assert!(!c.record(true, t0));
+        assert!(!c.record(true, t0));
+        // A meaningful answer in between resets the count.
+        assert!(!c.record(false, t0));
+        assert!(!c.record(true, t0));
+        assert!(!c.record(true, t0));
+        assert!(c.record(true, t0), "the third failure in a row opens it");
+        assert_eq!(c.allowance(t0 + Duration::from_secs(5)), None);
+        assert_eq!(c.allowance(t0 + Duration::from_secs(11)), Some(1));
+        assert_eq!(c.label(), "half_open");
+        assert!(
+            c.record(true, t0 + Duration::from_secs(11)),
+            "a failed probe reopens it"
+        );
+        assert_eq!(c.allowance(t0 + Duration::from_secs(12)), None);
+        assert_eq!(c.allowance(t0 + Duration::from_secs(22)), Some(1));
+        assert!(!c.record(false, t0 + Duration::from_secs(22)));
+        assert_eq!(c.label(), "closed");
+        assert_eq!(c.allowance(t0 + Duration::from_secs(22)), Some(usize::MAX));
+    }
+}

@@ -1,0 +1,69 @@
+-- ARGV[4] = channel, ARGV[5] = consumer, ARGV[6] = how many, ARGV[7] = take over entries idle
+-- this long (ms; 0 = no takeover). HIGH lane (1) first, then NORMAL (2), then BULK (3).
+-- Returns {priority, entry id, record blob, route index, attempts, channel attempts} per claim;
+-- canceled and expired notifications are finished here and not returned.
+local ch, consumer, want, idle = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local out = {}
+
+local function read(key, n)
+  local res = redis.pcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', n, 'STREAMS', key, '>')
+  if type(res) == 'table' and res.err then
+    if string.find(res.err, 'NOGROUP', 1, true) then
+      -- The group vanished (Redis restarted empty, or a first start): recreate and go on.
+      ensure_group(key)
+      res = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', n, 'STREAMS', key, '>')
+    else
+      return redis.error_reply(res.err)
+    end
+  end
+  if not res then return {} end
+  return res[1][2]
+end
+
+for pr = 1, 3 do
+  if #out >= want then break end
+  local key = P .. 'ready:' .. ch .. ':' .. pr
+  local entries = {}
+  if idle > 0 and redis.call('EXISTS', key) == 1 then
+    local r = redis.pcall('XAUTOCLAIM', key, GROUP, consumer, idle, '0-0', 'COUNT', want - #out)
+    if type(r) == 'table' and r.err then
+      ensure_group(key)
+    else
+      for _, e in ipairs(r[2]) do entries[#entries + 1] = e end
+    end
+  end
+  if #entries < want - #out then
+    local got = read(key, want - #out - #entries)
+    if got.err then return got end
+    for _, e in ipairs(got) do entries[#entries + 1] = e end
+  end
+  for _, e in ipairs(entries) do
+    local eid, fl = e[1], e[2]
+    local id = fl and fl[2]
+    if not id then
+      ack(key, eid)
+    else
+      local f = redis.call('HMGET', P .. 'n:' .. id, 's', 'cmp', 'exp', 'd', 'ri', 'a', 'ca')
+      local st = tonumber(f[1])
+      local cmp = str(f[2])
+      local exp = tonumber(f[3]) or 0
+      if st ~= 3 and st ~= 4 and st ~= 5 then
+        ack(key, eid)
+      elseif cmp ~= '' and redis.call('EXISTS', P .. 'cxl:' .. cmp) == 1 then
+        ack(key, eid)
+        set_status(id, 12)
+        emit(id, 12, NOW)
+        retain(id)
+      elseif exp > 0 and NOW >= exp then
+        ack(key, eid)
+        set_status(id, 11)
+        emit(id, 11, NOW)
+        retain(id)
+      else
+        if st ~= 4 then set_status(id, 4) end
+        out[#out + 1] = {pr, eid, f[4], str(f[5]), str(f[6]), str(f[7])}
+      end
+    end
+  end
+end
+return out

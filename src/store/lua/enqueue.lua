@@ -1,0 +1,45 @@
+-- ARGV[4] = idempotency TTL (ms); then 10 per item:
+-- id, idem key ('' = none), fingerprint, record blob, first channel, priority, due (ms),
+-- expire_at (ms), campaign, labels blob.
+-- Returns per item {kind, id, status}: kind ok | dup | conflict.
+local ittl = ARGV[4]
+local out = {}
+local i = 5
+while i + 9 <= #ARGV do
+  local id, idem, fp, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local ch, pr, due, exp = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]), ARGV[i + 7]
+  local cmp, lb = ARGV[i + 8], ARGV[i + 9]
+  i = i + 10
+  local done = false
+  if idem ~= '' then
+    local ik = P .. 'idem:' .. idem
+    local v = redis.call('GET', ik)
+    if v then
+      local sep = string.find(v, '|', 1, true)
+      local id0 = string.sub(v, 1, sep - 1)
+      if string.sub(v, sep + 1) ~= fp then
+        out[#out + 1] = {'conflict', id0, 0}
+      else
+        local st0 = tonumber(redis.call('HGET', P .. 'n:' .. id0, 's')) or 1
+        out[#out + 1] = {'dup', id0, st0}
+      end
+      done = true
+    else
+      redis.call('SET', ik, id .. '|' .. fp, 'PX', ittl)
+    end
+  end
+  if not done then
+    local st = 3
+    if due > NOW then st = 2 end
+    redis.call('HSET', P .. 'n:' .. id, 'd', blob, 's', st, 'c', ch, 'p', pr, 'ri', 0,
+      'a', 0, 'ca', 0, 'cmp', cmp, 'exp', exp, 'lb', lb)
+    if st == 2 then
+      redis.call('ZADD', P .. 'delayed', due, id)
+    else
+      redis.call('XADD', P .. 'ready:' .. ch .. ':' .. pr, '*', 'id', id)
+    end
+    count(cmp, '', nil, ch, st)
+    out[#out + 1] = {'ok', id, st}
+  end
+end
+return out

@@ -1,0 +1,86 @@
+-- Shared by every Herald script. KEYS[1] is the shard prefix `herald:{s}:`: every key a
+-- script touches starts with it, so one script stays in one hash slot (Redis Cluster).
+-- ARGV[1] = now (ms), ARGV[2] = receipts stream cap, ARGV[3] = retention of finished records (ms).
+local P = KEYS[1]
+local NOW = tonumber(ARGV[1])
+local MAXR = ARGV[2]
+local KEEP = ARGV[3]
+local GROUP = 'herald'
+
+-- Status numbers match model::Status. Rank: a receipt only moves a notification up.
+local RANK = {0, 1, 1, 2, 1, 3, 5, 6, 7, 4, 8, 8, 8}
+local function may_move(cur, nxt)
+  if cur == nil then return false end
+  if cur == 11 or cur == 12 or cur == 13 then return false end
+  if cur == 10 then return nxt == 7 or nxt == 8 or nxt == 9 end
+  return RANK[nxt] > RANK[cur]
+end
+
+local function str(v)
+  if v == false or v == nil then return '' end
+  return v
+end
+
+-- Campaign counters: current status, and current status per channel.
+local function count(cmp, och, ost, nch, nst)
+  if cmp == '' then return end
+  local k = P .. 'camp:' .. cmp
+  if ost then
+    redis.call('HINCRBY', k, 's' .. ost, -1)
+    if och ~= '' then redis.call('HINCRBY', k, 'c' .. och .. ':' .. ost, -1) end
+  else
+    redis.call('HINCRBY', k, 'total', 1)
+  end
+  redis.call('HINCRBY', k, 's' .. nst, 1)
+  if nch ~= '' then redis.call('HINCRBY', k, 'c' .. nch .. ':' .. nst, 1) end
+end
+
+-- Moves a notification to status `nst` (and channel `nch` when given), keeping counters.
+local function set_status(id, nst, nch)
+  local rk = P .. 'n:' .. id
+  local f = redis.call('HMGET', rk, 's', 'c', 'cmp')
+  local ost = tonumber(f[1])
+  local och = str(f[2])
+  if nch then
+    redis.call('HSET', rk, 's', nst, 'c', nch)
+  else
+    redis.call('HSET', rk, 's', nst)
+    nch = och
+  end
+  count(str(f[3]), och, ost, nch, nst)
+  return ost
+end
+
+-- Appends a receipt to the shard's receipt stream and to the notification's history.
+local function emit(id, st, at, pid, ec, code, att, cost, cur)
+  local rk = P .. 'n:' .. id
+  local f = redis.call('HMGET', rk, 'c', 'cmp', 'lb')
+  local ch = str(f[1])
+  pid = pid or ''
+  ec = ec or ''
+  code = code or ''
+  att = att or 0
+  cost = cost or 0
+  cur = cur or ''
+  redis.call('XADD', P .. 'receipts', 'MAXLEN', '~', MAXR, '*',
+    'id', id, 'st', st, 'ch', ch, 'at', at, 'pid', pid, 'ec', ec, 'code', code,
+    'att', att, 'cost', cost, 'cur', cur, 'cmp', str(f[2]), 'lb', str(f[3]))
+  redis.call('RPUSH', P .. 'ev:' .. id,
+    'r' .. table.concat({st, ch, at, pid, ec, code, att, cost, cur}, '\31'))
+end
+
+-- A finished record is kept for `KEEP` ms for GetNotification, then goes.
+local function retain(id)
+  redis.call('PEXPIRE', P .. 'n:' .. id, KEEP)
+  redis.call('PEXPIRE', P .. 'ev:' .. id, KEEP)
+end
+
+local function ack(key, eid)
+  redis.call('XACK', key, GROUP, eid)
+  redis.call('XDEL', key, eid)
+end
+
+local function ensure_group(key)
+  -- BUSYGROUP (it exists already) is fine.
+  redis.pcall('XGROUP', 'CREATE', key, GROUP, '0', 'MKSTREAM')
+end

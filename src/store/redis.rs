@@ -1,0 +1,1508 @@
+//! `RedisStore`: the production store (Redis 7 or Redis Cluster). Per-shard ready streams with
+//! consumer groups, a delayed sorted set, records, receipts; every multi-key step is one Lua
+//! script over keys sharing the shard's hash tag.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script, Value};
+
+use super::{
+    CampaignStats, CancelOutcome, CancelTarget, Claimed, Completion, DeadLetter, Disposition,
+    Enqueued, EntryRef, NewNotification, NotificationView, QueueDepth, QueueSignal, ReceiptPage,
+    Store, StoreError,
+};
+use crate::config::RedisConfig;
+use crate::model::{
+    shard_of, AttemptRecord, Channel, ContactChange, ContactKey, ContactState, ErrorClass, Millis,
+    Notification, Priority, ProviderReceipt, Receipt, Status,
+};
+
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+/// One script invocation: the script, its one key (the shard prefix), its arguments.
+type ScriptCall<'a> = (&'a Script, Vec<u8>, Vec<Vec<u8>>);
+
+/// Sets a contact's last inbound time only forward. KEYS[1] = contact hash.
+const INBOUND_MAX: &str = "local c = tonumber(redis.call('HGET', KEYS[1], 'li')) or 0 \
+if tonumber(ARGV[1]) > c then redis.call('HSET', KEYS[1], 'li', ARGV[1]) end \
+redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1";
+
+/// Links a provider message id to its notification and hands back the receipts that arrived
+/// before the link (the platform was faster than our record of the send). KEYS[1] = link;
+/// ARGV[3] = the early receipts' key (same hash tag, so the same slot).
+const LINK: &str = "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+local early = redis.call('LRANGE', ARGV[3], 0, -1) \
+if #early > 0 then redis.call('DEL', ARGV[3]) end return early";
+
+/// How long early receipts wait for their send to be finished.
+const EARLY_RECEIPT_MS: i64 = 3600 * 1000;
+
+/// `herald:pm:{<channel>:<provider id>}` (the link) and `herald:pr:{…}` (early receipts).
+fn provider_keys(ch: Channel, pid: &str) -> (String, String) {
+    (
+        format!("herald:pm:{{{}:{pid}}}", ch.name()),
+        format!("herald:pr:{{{}:{pid}}}", ch.name()),
+    )
+}
+
+/// An early receipt kept as `status \x1f at \x1f class \x1f code`.
+fn encode_early(r: &ProviderReceipt) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        r.status.number(),
+        r.at,
+        r.error_class.map(|c| c.number()).unwrap_or(0),
+        r.error_code
+    )
+}
+
+fn decode_early(ch: Channel, pid: &str, id: &str, s: &str) -> Option<ProviderReceipt> {
+    let f: Vec<&str> = s.split('\u{1f}').collect();
+    if f.len() < 4 {
+        return None;
+    }
+    Some(ProviderReceipt {
+        channel: ch,
+        notification_id: id.to_string(),
+        provider_id: pid.to_string(),
+        status: Status::from_number(f[0].parse().ok()?)?,
+        error_class: f[2].parse().ok().and_then(ErrorClass::from_number),
+        error_code: f[3].to_string(),
+        at: f[1].parse().unwrap_or(0),
+    })
+}
+
+/// Applies a policy version. KEYS[1] = current, ARGV: expected version ('' = any), document,
+/// author, diff, now, history key (same hash tag), history length. Returns {applied 1|0,
+/// version}.
+const APPLY_POLICY: &str = "local cur = tonumber(redis.call('HGET', KEYS[1], 'v')) or 0 \
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= cur then return {0, cur} end \
+local v = cur + 1 \
+redis.call('HSET', KEYS[1], 'v', v, 'doc', ARGV[2], 'author', ARGV[3], 'diff', ARGV[4], 'at', ARGV[5]) \
+redis.call('LPUSH', ARGV[6], cjson.encode({version = v, document = ARGV[2], author = ARGV[3], diff = ARGV[4], applied_at = tonumber(ARGV[5])})) \
+redis.call('LTRIM', ARGV[6], 0, tonumber(ARGV[7]) - 1) \
+return {1, v}";
+
+const POLICY_CURRENT: &str = "herald:{policy}:current";
+const POLICY_HISTORY_KEY: &str = "herald:{policy}:history";
+const PAUSED_KEY: &str = "herald:{policy}:paused";
+const INSTANCES_KEY: &str = "herald:{policy}:instances";
+
+/// Contact state lives a little over a year after its last change.
+const CONTACT_KEEP_MS: i64 = 400 * 24 * 3600 * 1000;
+
+/// `herald:<kind>:{<channel>:<address digest>}`: one hash slot per address.
+fn contact_key(kind: &str, k: &ContactKey) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(k.address.as_bytes());
+    let hex: String = d[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("herald:{kind}:{{{}:{hex}}}", k.channel.name())
+}
+
+struct Scripts {
+    apply_policy: Script,
+    inbound: Script,
+    link: Script,
+    enqueue: Script,
+    claim: Script,
+    finish: Script,
+    promote: Script,
+    receipt: Script,
+    cancel: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            apply_policy: Script::new(APPLY_POLICY),
+            inbound: Script::new(INBOUND_MAX),
+            link: Script::new(LINK),
+            enqueue: script(include_str!("lua/enqueue.lua")),
+            claim: script(include_str!("lua/claim.lua")),
+            finish: script(include_str!("lua/finish.lua")),
+            promote: script(include_str!("lua/promote.lua")),
+            receipt: script(include_str!("lua/receipt.lua")),
+            cancel: script(include_str!("lua/cancel.lua")),
+        }
+    }
+}
+
+/// One connection type for a single Redis and for Redis Cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+pub struct RedisStore {
+    conn: Conn,
+    scripts: Scripts,
+    shards: u16,
+    signal: QueueSignal,
+    receipts_max_len: u64,
+    retention_ms: i64,
+    idem_ttl_ms: i64,
+    wait_replicas: u32,
+    wait_timeout_ms: u64,
+    timeout: Duration,
+}
+
+fn map_err(e: RedisError) -> StoreError {
+    use redis::{ErrorKind, ServerErrorKind};
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::ResponseError) | ErrorKind::Extension
+            if !e.is_io_error() =>
+        {
+            StoreError::Internal(e.to_string())
+        }
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => StoreError::Internal(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn parse<T: FromRedisValue>(v: Value) -> Result<T, StoreError> {
+    T::from_redis_value(v).map_err(|e| StoreError::Internal(format!("unexpected reply: {e}")))
+}
+
+fn is_noscript(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
+fn prefix(shard: u16) -> String {
+    format!("herald:{{{shard}}}:")
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Okay => "OK".into(),
+        _ => String::new(),
+    }
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b.clone(),
+        Value::SimpleString(s) => s.as_bytes().to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// `[k1, v1, k2, v2, …]` or a RESP3 map, as a map.
+fn pairs(v: Value) -> HashMap<String, Value> {
+    match v {
+        Value::Array(items) => {
+            let mut m = HashMap::new();
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                m.insert(text(&k), v);
+            }
+            m
+        }
+        Value::Map(items) => items.into_iter().map(|(k, v)| (text(&k), v)).collect(),
+        _ => HashMap::new(),
+    }
+}
+
+fn status_of(v: Option<&Value>) -> Option<Status> {
+    v.and_then(|v| text(v).parse::<u8>().ok())
+        .and_then(Status::from_number)
+}
+
+/// Stream entry id `ms-seq` as a sortable pair.
+fn entry_id(s: &str) -> (u64, u64) {
+    let (a, b) = s.split_once('-').unwrap_or((s, "0"));
+    (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
+}
+
+impl RedisStore {
+    pub async fn connect(cfg: &RedisConfig) -> Result<Self, StoreError> {
+        let url = cfg
+            .url
+            .clone()
+            .ok_or_else(|| StoreError::Internal("redis.url is not set".into()))?;
+        let timeout = cfg.command_timeout.0;
+        let conn = if cfg.cluster {
+            let mut nodes = vec![url];
+            nodes.extend(cfg.cluster_nodes.iter().cloned());
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .build()
+                .map_err(map_err)?;
+            Conn::Cluster(client.get_async_connection().await.map_err(map_err)?)
+        } else {
+            let client = redis::Client::open(url.as_str()).map_err(map_err)?;
+            let mc = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Conn::Single(
+                client
+                    .get_connection_manager_with_config(mc)
+                    .await
+                    .map_err(map_err)?,
+            )
+        };
+        Ok(Self {
+            conn,
+            scripts: Scripts::new(),
+            shards: cfg.shards,
+            signal: QueueSignal::new(),
+            receipts_max_len: cfg.receipts_max_len,
+            retention_ms: cfg.retention.0.as_millis() as i64,
+            idem_ttl_ms: 24 * 3600 * 1000,
+            wait_replicas: cfg.wait_replicas,
+            wait_timeout_ms: cfg.wait_timeout.0.as_millis() as u64,
+            timeout,
+        })
+    }
+
+    /// Idempotency window (default 24 h).
+    pub fn with_idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.idem_ttl_ms = ttl.as_millis() as i64;
+        self
+    }
+
+    fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    /// Runs one pipeline with a bound on how long it may take.
+    async fn query(&self, pipe: &Pipeline) -> Result<Vec<Value>, StoreError> {
+        let mut c = self.conn();
+        match tokio::time::timeout(self.timeout, pipe.query_async::<Vec<Value>>(&mut c)).await {
+            Ok(r) => r.map_err(map_err),
+            Err(_) => Err(StoreError::Unavailable(
+                "redis did not answer in time".into(),
+            )),
+        }
+    }
+
+    /// Runs script calls in one pipeline; where Redis has lost the scripts (a restart), loads
+    /// them and runs just those calls again. Server errors become `StoreError::Internal`.
+    async fn run(&self, calls: Vec<ScriptCall<'_>>) -> Result<Vec<Value>, StoreError> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let build = |idx: &[usize]| {
+            let mut p = redis::pipe();
+            p.ignore_errors();
+            for i in idx {
+                let (s, key, args) = &calls[*i];
+                let mut inv = s.prepare_invoke();
+                inv.key(key.as_slice());
+                for a in args {
+                    inv.arg(a.as_slice());
+                }
+                p.invoke_script(&inv);
+            }
+            p
+        };
+        let all: Vec<usize> = (0..calls.len()).collect();
+        let mut out = self.query(&build(&all)).await?;
+        let missing: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|i| is_noscript(&out[*i]))
+            .collect();
+        if !missing.is_empty() {
+            let mut load = redis::pipe();
+            let mut seen = Vec::new();
+            for i in &missing {
+                let s = calls[*i].0;
+                if !seen.contains(&s.get_hash()) {
+                    seen.push(s.get_hash());
+                    load.load_script(s);
+                }
+            }
+            self.query(&load).await?;
+            let again = self.query(&build(&missing)).await?;
+            for (i, v) in missing.into_iter().zip(again) {
+                out[i] = v;
+            }
+        }
+        for v in &out {
+            if let Value::ServerError(e) = v {
+                return Err(StoreError::Internal(format!(
+                    "script failed: {} {}",
+                    e.code(),
+                    e.details().unwrap_or("")
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    fn common_args(&self, now: Millis) -> Vec<Vec<u8>> {
+        vec![
+            now.to_string().into_bytes(),
+            self.receipts_max_len.to_string().into_bytes(),
+            self.retention_ms.to_string().into_bytes(),
+        ]
+    }
+
+    async fn wait_for_replicas(&self) -> Result<(), StoreError> {
+        if self.wait_replicas == 0 {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        p.cmd("WAIT")
+            .arg(self.wait_replicas)
+            .arg(self.wait_timeout_ms);
+        let v = self.query(&p).await?;
+        let acked: i64 = v.into_iter().next().map(parse).transpose()?.unwrap_or(0);
+        if acked < i64::from(self.wait_replicas) {
+            return Err(StoreError::Unavailable(format!(
+                "only {acked} of {} replicas acknowledged the write",
+                self.wait_replicas
+            )));
+        }
+        Ok(())
+    }
+
+    fn shard_for(&self, id: &str) -> Option<u16> {
+        shard_of(id).filter(|s| *s < self.shards)
+    }
+}
+
+fn arg(s: impl ToString) -> Vec<u8> {
+    s.to_string().into_bytes()
+}
+
+fn decode_receipt(fields: HashMap<String, Value>, cursor: String) -> Option<Receipt> {
+    let g = |k: &str| fields.get(k).map(text).unwrap_or_default();
+    let status = Status::from_number(g("st").parse().ok()?)?;
+    let labels = fields
+        .get("lb")
+        .map(bytes)
+        .filter(|b| !b.is_empty())
+        .and_then(|b| rmp_serde::from_slice(&b).ok())
+        .unwrap_or_default();
+    Some(Receipt {
+        notification_id: g("id"),
+        campaign_id: g("cmp"),
+        channel: Channel::from_name(&g("ch")),
+        status,
+        provider_id: g("pid"),
+        error_class: g("ec").parse().ok().and_then(ErrorClass::from_number),
+        error_code: g("code"),
+        attempt: g("att").parse().unwrap_or(0),
+        cost_micros: g("cost").parse().unwrap_or(0),
+        currency: g("cur"),
+        at: g("at").parse().unwrap_or(0),
+        labels,
+        cursor,
+    })
+}
+
+/// A receipt kept in a notification's history: `st ch at pid ec code att cost cur`.
+fn decode_history_receipt(n: &Notification, s: &str) -> Option<Receipt> {
+    let f: Vec<&str> = s.split('\u{1f}').collect();
+    if f.len() < 9 {
+        return None;
+    }
+    Some(Receipt {
+        notification_id: n.id.clone(),
+        campaign_id: n.campaign_id.clone(),
+        channel: Channel::from_name(f[1]),
+        status: Status::from_number(f[0].parse().ok()?)?,
+        provider_id: f[3].to_string(),
+        error_class: f[4].parse().ok().and_then(ErrorClass::from_number),
+        error_code: f[5].to_string(),
+        attempt: f[6].parse().unwrap_or(0),
+        cost_micros: f[7].parse().unwrap_or(0),
+        currency: f[8].to_string(),
+        at: f[2].parse().unwrap_or(0),
+        labels: n.labels.clone(),
+        cursor: String::new(),
+    })
+}
+
+/// Cursor over every shard's receipt stream: `r1:<id>,<id>,…` (one stream id per shard).
+fn encode_cursor(pos: &[String]) -> String {
+    format!("r1:{}", pos.join(","))
+}
+
+fn decode_cursor(c: &str, shards: u16) -> Result<Vec<String>, StoreError> {
+    let bad = || StoreError::Internal(format!("invalid cursor {c:?}"));
+    let body = c.strip_prefix("r1:").ok_or_else(bad)?;
+    let pos: Vec<String> = body.split(',').map(str::to_string).collect();
+    if pos.len() != usize::from(shards) || pos.iter().any(|p| !p.contains('-')) {
+        return Err(bad());
+    }
+    Ok(pos)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn shards(&self) -> u16 {
+        self.shards
+    }
+
+    fn signal(&self) -> &QueueSignal {
+        &self.signal
+    }
+
+    async fn enqueue(&self, batch: Vec<NewNotification>) -> Result<Vec<Enqueued>, StoreError> {
+        let now = crate::model::now_ms();
+        // Group by shard, remembering each item's place in the request.
+        let mut by_shard: BTreeMap<u16, Vec<(usize, NewNotification)>> = BTreeMap::new();
+        for (i, item) in batch.into_iter().enumerate() {
+            by_shard.entry(item.shard).or_default().push((i, item));
+        }
+        let total: usize = by_shard.values().map(Vec::len).sum();
+        let mut calls = Vec::with_capacity(by_shard.len());
+        let mut order = Vec::with_capacity(by_shard.len());
+        let mut woken = Vec::new();
+        for (shard, items) in &by_shard {
+            let mut args = self.common_args(now);
+            args.push(arg(self.idem_ttl_ms));
+            let mut idx = Vec::with_capacity(items.len());
+            for (i, item) in items {
+                let n = &item.notification;
+                let first = n.route.first().copied().ok_or_else(|| {
+                    StoreError::Internal(format!("notification {} has no route", n.id))
+                })?;
+                if !woken.contains(&first) {
+                    woken.push(first);
+                }
+                let (ik, fp) = match &item.idem {
+                    Some(k) => (k.key.clone(), k.fingerprint.clone()),
+                    None => (String::new(), String::new()),
+                };
+                let labels = if n.labels.is_empty() {
+                    Vec::new()
+                } else {
+                    rmp_serde::to_vec(&n.labels).unwrap_or_default()
+                };
+                args.extend([
+                    arg(&n.id),
+                    arg(ik),
+                    arg(fp),
+                    n.encode(),
+                    arg(first.name()),
+                    arg(n.priority.number()),
+                    arg(n.send_at),
+                    arg(n.expire_at),
+                    arg(&n.campaign_id),
+                    labels,
+                ]);
+                idx.push(*i);
+            }
+            calls.push((&self.scripts.enqueue, prefix(*shard).into_bytes(), args));
+            order.push(idx);
+        }
+        let replies = self.run(calls).await?;
+        self.wait_for_replicas().await?;
+        let mut out: Vec<Option<Enqueued>> = vec![None; total];
+        for (reply, idx) in replies.into_iter().zip(order) {
+            let rows: Vec<(String, String, u8)> = parse(reply)?;
+            for ((kind, id, st), i) in rows.into_iter().zip(idx) {
+                let status = Status::from_number(st).unwrap_or(Status::Accepted);
+                out[i] = Some(match kind.as_str() {
+                    "ok" => Enqueued::Created { id, status },
+                    "dup" => Enqueued::Duplicate { id, status },
+                    _ => Enqueued::Conflict { id },
+                });
+            }
+        }
+        for c in woken {
+            self.signal.notify(c);
+        }
+        out.into_iter()
+            .map(|o| o.ok_or_else(|| StoreError::Internal("enqueue reply too short".into())))
+            .collect()
+    }
+
+    async fn claim(
+        &self,
+        channel: Channel,
+        shard: u16,
+        consumer: &str,
+        count: usize,
+        reclaim_idle: Option<Duration>,
+        now: Millis,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let mut args = self.common_args(now);
+        args.extend([
+            arg(channel.name()),
+            arg(consumer),
+            arg(count),
+            arg(reclaim_idle.map(|d| d.as_millis()).unwrap_or(0)),
+        ]);
+        let reply = self
+            .run(vec![(
+                &self.scripts.claim,
+                prefix(shard).into_bytes(),
+                args,
+            )])
+            .await?
+            .pop()
+            .unwrap_or(Value::Nil);
+        let rows: Vec<(u8, String, Vec<u8>, String, String, String)> = parse(reply)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (p, eid, blob, ri, a, ca) in rows {
+            let notification = Notification::decode(&blob).map_err(StoreError::Internal)?;
+            out.push(Claimed {
+                entry: EntryRef {
+                    priority: Priority::from_number(p).unwrap_or(Priority::Normal),
+                    entry_id: eid,
+                },
+                notification,
+                route_index: ri.parse().unwrap_or(0),
+                attempts: a.parse().unwrap_or(0),
+                channel_attempts: ca.parse().unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn finish(
+        &self,
+        channel: Channel,
+        shard: u16,
+        consumer: &str,
+        done: Vec<Completion>,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        if done.is_empty() {
+            return Ok(0);
+        }
+        let mut args = self.common_args(now);
+        args.extend([arg(channel.name()), arg(consumer)]);
+        let mut provider_ids = Vec::new();
+        let mut watermarks = Vec::new();
+        // (key, Some(id) = a send time to add | None = spend to add, micros)
+        let mut tallies: Vec<(String, Option<String>, i64)> = Vec::new();
+        let mut woken = Vec::new();
+        for c in &done {
+            let att = c
+                .attempt
+                .as_ref()
+                .map(|a| rmp_serde::to_vec(a).unwrap_or_default())
+                .unwrap_or_default();
+            let (act, a1, a2, pid, ec, code, cost, cur) = match &c.disposition {
+                Disposition::Sent {
+                    status,
+                    provider_id,
+                    cost_micros,
+                    currency,
+                    watermark,
+                    counters,
+                } => {
+                    for counter in counters {
+                        match counter {
+                            super::Counter::Budget(k) if *cost_micros != 0 => {
+                                tallies.push((
+                                    format!("herald:budget:{{{k}}}"),
+                                    None,
+                                    *cost_micros,
+                                ));
+                            }
+                            super::Counter::Budget(_) => {}
+                            super::Counter::Recent(k) => {
+                                tallies.push((
+                                    format!("herald:recent:{{{k}}}"),
+                                    Some(c.id.clone()),
+                                    0,
+                                ));
+                            }
+                        }
+                    }
+                    if let Some(k) = watermark {
+                        // The platform's watermark is its own time for the message; the
+                        // request's start is the closest we know.
+                        let at = c.attempt.as_ref().map_or(now, |a| a.started_at);
+                        watermarks.push((contact_key("wm", k), at, c.id.clone()));
+                    }
+                    if !provider_id.is_empty() {
+                        provider_ids.push((c.channel, provider_id.clone(), c.id.clone()));
+                    }
+                    (
+                        "sent",
+                        arg(status.number()),
+                        Vec::new(),
+                        arg(provider_id),
+                        Vec::new(),
+                        Vec::new(),
+                        arg(cost_micros),
+                        arg(currency),
+                    )
+                }
+                Disposition::Retry { due, class, code } => (
+                    "retry",
+                    arg(due),
+                    Vec::new(),
+                    Vec::new(),
+                    arg(class.number()),
+                    arg(code),
+                    arg(0),
+                    Vec::new(),
+                ),
+                Disposition::Fallback {
+                    route_index,
+                    channel: next,
+                } => {
+                    woken.push(*next);
+                    (
+                        "fallback",
+                        arg(route_index),
+                        arg(next.name()),
+                        Vec::new(),
+                        Vec::new(),
+                        Vec::new(),
+                        arg(0),
+                        Vec::new(),
+                    )
+                }
+                Disposition::Failed {
+                    class,
+                    code,
+                    message,
+                    dead_letter,
+                } => (
+                    "fail",
+                    arg(if *dead_letter { 1 } else { 0 }),
+                    arg(message),
+                    Vec::new(),
+                    arg(class.number()),
+                    arg(code),
+                    arg(0),
+                    Vec::new(),
+                ),
+                Disposition::Final(st) => (
+                    "final",
+                    arg(st.number()),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    arg(0),
+                    Vec::new(),
+                ),
+                Disposition::Requeue => {
+                    woken.push(channel);
+                    (
+                        "requeue",
+                        Vec::new(),
+                        Vec::new(),
+                        Vec::new(),
+                        Vec::new(),
+                        Vec::new(),
+                        arg(0),
+                        Vec::new(),
+                    )
+                }
+            };
+            args.extend([
+                arg(c.entry.priority.number()),
+                arg(&c.entry.entry_id),
+                arg(&c.id),
+                arg(act),
+                a1,
+                a2,
+                att,
+                pid,
+                ec,
+                code,
+                cost,
+                cur,
+            ]);
+        }
+        let reply = self
+            .run(vec![(
+                &self.scripts.finish,
+                prefix(shard).into_bytes(),
+                args,
+            )])
+            .await?
+            .pop()
+            .unwrap_or(Value::Nil);
+        let applied: usize = parse(reply)?;
+        if !watermarks.is_empty() || !tallies.is_empty() {
+            // The per-address index behind watermark receipts; budgets and frequency counts.
+            let mut p = redis::pipe();
+            for (key, id, micros) in tallies {
+                match id {
+                    None => {
+                        p.cmd("INCRBY").arg(&key).arg(micros).ignore();
+                        // A day's budget key is read for a day; keep it two for safety.
+                        p.cmd("PEXPIRE")
+                            .arg(&key)
+                            .arg(2 * 24 * 3600 * 1000)
+                            .ignore();
+                    }
+                    Some(id) => {
+                        p.cmd("ZADD").arg(&key).arg(now).arg(id).ignore();
+                        p.cmd("ZREMRANGEBYSCORE")
+                            .arg(&key)
+                            .arg("-inf")
+                            .arg(now - super::RECENT_KEEP_MS)
+                            .ignore();
+                        p.cmd("PEXPIRE")
+                            .arg(&key)
+                            .arg(super::RECENT_KEEP_MS)
+                            .ignore();
+                    }
+                }
+            }
+            for (key, at, id) in watermarks {
+                p.cmd("ZADD").arg(&key).arg(at).arg(id).ignore();
+                p.cmd("ZREMRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(now - super::WATERMARK_KEEP_MS)
+                    .ignore();
+                p.cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(super::WATERMARK_KEEP_MS)
+                    .ignore();
+            }
+            self.query(&p).await?;
+        }
+        if !provider_ids.is_empty() {
+            // Provider message id → notification, so later receipts find their notification;
+            // receipts that came before this link are applied now.
+            let calls: Vec<ScriptCall<'_>> = provider_ids
+                .iter()
+                .map(|(ch, pid, id)| {
+                    let (link, early) = provider_keys(*ch, pid);
+                    (
+                        &self.scripts.link,
+                        link.into_bytes(),
+                        vec![arg(id), arg(self.retention_ms), early.into_bytes()],
+                    )
+                })
+                .collect();
+            let replies = self.run(calls).await?;
+            let mut early = Vec::new();
+            for ((ch, pid, id), v) in provider_ids.iter().zip(replies) {
+                let list: Vec<String> = parse(v)?;
+                early.extend(list.iter().filter_map(|s| decode_early(*ch, pid, id, s)));
+            }
+            if !early.is_empty() {
+                self.record_receipts(early).await?;
+            }
+        }
+        for c in woken {
+            self.signal.notify(c);
+        }
+        Ok(applied)
+    }
+
+    async fn promote_due(&self, now: Millis, limit: usize) -> Result<usize, StoreError> {
+        let calls = (0..self.shards)
+            .map(|s| {
+                let mut args = self.common_args(now);
+                args.push(arg(limit));
+                (&self.scripts.promote, prefix(s).into_bytes(), args)
+            })
+            .collect();
+        let mut moved = 0;
+        for v in self.run(calls).await? {
+            moved += parse::<usize>(v)?;
+        }
+        if moved > 0 {
+            self.signal.notify_all();
+        }
+        Ok(moved)
+    }
+
+    async fn record_receipts(&self, receipts: Vec<ProviderReceipt>) -> Result<(), StoreError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        // Receipts that name only a provider message id: look their notification up first.
+        let unknown: Vec<usize> = receipts
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.notification_id.is_empty())
+            .map(|(i, _)| i)
+            .collect();
+        let mut ids: Vec<String> = receipts.iter().map(|r| r.notification_id.clone()).collect();
+        if !unknown.is_empty() {
+            let mut p = redis::pipe();
+            for i in &unknown {
+                let r = &receipts[*i];
+                p.cmd("GET").arg(provider_keys(r.channel, &r.provider_id).0);
+            }
+            let mut stash = redis::pipe();
+            let mut stashed = false;
+            for (i, v) in unknown.iter().zip(self.query(&p).await?) {
+                ids[*i] = text(&v);
+                if ids[*i].is_empty() {
+                    // The platform was faster than our record of the send: keep it for the
+                    // finish that links the provider id.
+                    let r = &receipts[*i];
+                    let key = provider_keys(r.channel, &r.provider_id).1;
+                    stash.cmd("RPUSH").arg(&key).arg(encode_early(r)).ignore();
+                    stash
+                        .cmd("PEXPIRE")
+                        .arg(&key)
+                        .arg(EARLY_RECEIPT_MS)
+                        .ignore();
+                    stashed = true;
+                }
+            }
+            if stashed {
+                self.query(&stash).await?;
+            }
+        }
+        let mut by_shard: BTreeMap<u16, Vec<Vec<u8>>> = BTreeMap::new();
+        for (r, id) in receipts.iter().zip(ids) {
+            let Some(shard) = self.shard_for(&id) else {
+                continue;
+            };
+            by_shard.entry(shard).or_default().extend([
+                arg(&id),
+                arg(r.status.number()),
+                arg(r.channel.name()),
+                arg(r.at),
+                arg(&r.provider_id),
+                r.error_class.map(|c| arg(c.number())).unwrap_or_default(),
+                arg(&r.error_code),
+            ]);
+        }
+        let now = crate::model::now_ms();
+        let calls = by_shard
+            .into_iter()
+            .map(|(s, items)| {
+                let mut args = self.common_args(now);
+                args.extend(items);
+                (&self.scripts.receipt, prefix(s).into_bytes(), args)
+            })
+            .collect();
+        self.run(calls).await?;
+        Ok(())
+    }
+
+    async fn cancel(&self, target: CancelTarget, now: Millis) -> Result<CancelOutcome, StoreError> {
+        match target {
+            CancelTarget::Notification(id) => {
+                let Some(shard) = self.shard_for(&id) else {
+                    return Ok(CancelOutcome {
+                        canceled: 0,
+                        status: None,
+                    });
+                };
+                let mut args = self.common_args(now);
+                args.extend([arg("n"), arg(&id)]);
+                let v = self
+                    .run(vec![(
+                        &self.scripts.cancel,
+                        prefix(shard).into_bytes(),
+                        args,
+                    )])
+                    .await?
+                    .pop()
+                    .unwrap_or(Value::Nil);
+                let (n, st): (u64, u8) = parse(v)?;
+                Ok(CancelOutcome {
+                    canceled: n,
+                    status: Status::from_number(st),
+                })
+            }
+            CancelTarget::Campaign(c) => {
+                let calls = (0..self.shards)
+                    .map(|s| {
+                        let mut args = self.common_args(now);
+                        args.extend([arg("c"), arg(&c)]);
+                        (&self.scripts.cancel, prefix(s).into_bytes(), args)
+                    })
+                    .collect();
+                let mut total = 0;
+                for v in self.run(calls).await? {
+                    let (n, _): (u64, u8) = parse(v)?;
+                    total += n;
+                }
+                // Wake workers so queued ones are canceled now rather than at the next poll.
+                self.signal.notify_all();
+                Ok(CancelOutcome {
+                    canceled: total,
+                    status: None,
+                })
+            }
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<NotificationView>, StoreError> {
+        let Some(shard) = self.shard_for(id) else {
+            return Ok(None);
+        };
+        let p0 = prefix(shard);
+        let mut p = redis::pipe();
+        p.cmd("HGETALL").arg(format!("{p0}n:{id}"));
+        p.cmd("LRANGE").arg(format!("{p0}ev:{id}")).arg(0).arg(-1);
+        let mut r = self.query(&p).await?.into_iter();
+        let rec = pairs(r.next().unwrap_or(Value::Nil));
+        let events: Vec<Vec<u8>> = parse(r.next().unwrap_or(Value::Nil))?;
+        let Some(blob) = rec.get("d").map(bytes) else {
+            return Ok(None);
+        };
+        let notification = Notification::decode(&blob).map_err(StoreError::Internal)?;
+        let status = status_of(rec.get("s")).unwrap_or(Status::Accepted);
+        let channel = rec.get("c").and_then(|v| Channel::from_name(&text(v)));
+        let mut attempts = Vec::new();
+        let mut receipts = Vec::new();
+        for e in events {
+            match e.split_first() {
+                Some((b'a', rest)) => {
+                    if let Ok(a) = rmp_serde::from_slice::<AttemptRecord>(rest) {
+                        attempts.push(a);
+                    }
+                }
+                Some((b'r', rest)) => {
+                    if let Some(r) =
+                        decode_history_receipt(&notification, &String::from_utf8_lossy(rest))
+                    {
+                        receipts.push(r);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(NotificationView {
+            status,
+            channel,
+            attempts,
+            receipts,
+            cost_micros: rec
+                .get("cost")
+                .map(text)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            currency: rec.get("cur").map(text).unwrap_or_default(),
+            notification,
+        }))
+    }
+
+    async fn read_receipts(
+        &self,
+        cursor: Option<&str>,
+        from_start: bool,
+        limit: usize,
+    ) -> Result<ReceiptPage, StoreError> {
+        let mut pos = match cursor {
+            Some(c) => decode_cursor(c, self.shards)?,
+            None if from_start => vec!["0-0".to_string(); usize::from(self.shards)],
+            None => {
+                let mut p = redis::pipe();
+                for s in 0..self.shards {
+                    p.cmd("XREVRANGE")
+                        .arg(format!("{}receipts", prefix(s)))
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1);
+                }
+                let mut pos = Vec::with_capacity(usize::from(self.shards));
+                for v in self.query(&p).await? {
+                    let rows: Vec<(String, Value)> = parse(v)?;
+                    pos.push(
+                        rows.into_iter()
+                            .next()
+                            .map(|(id, _)| id)
+                            .unwrap_or_else(|| "0-0".into()),
+                    );
+                }
+                pos
+            }
+        };
+        let mut p = redis::pipe();
+        for (s, at) in pos.iter().enumerate() {
+            p.cmd("XRANGE")
+                .arg(format!("{}receipts", prefix(s as u16)))
+                .arg(format!("({at}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit);
+        }
+        let mut merged: Vec<((u64, u64), usize, String, HashMap<String, Value>)> = Vec::new();
+        for (s, v) in self.query(&p).await?.into_iter().enumerate() {
+            let rows: Vec<(String, Value)> = parse(v)?;
+            for (id, fields) in rows {
+                merged.push((entry_id(&id), s, id, pairs(fields)));
+            }
+        }
+        merged.sort_by_key(|a| (a.0, a.1));
+        let mut receipts = Vec::with_capacity(merged.len());
+        for (_, s, id, fields) in merged {
+            pos[s] = id;
+            if let Some(r) = decode_receipt(fields, encode_cursor(&pos)) {
+                receipts.push(r);
+            }
+        }
+        Ok(ReceiptPage {
+            receipts,
+            cursor: encode_cursor(&pos),
+        })
+    }
+
+    async fn campaign(&self, campaign_id: &str) -> Result<CampaignStats, StoreError> {
+        let mut p = redis::pipe();
+        for s in 0..self.shards {
+            p.cmd("HGETALL")
+                .arg(format!("{}camp:{campaign_id}", prefix(s)));
+            p.cmd("EXISTS")
+                .arg(format!("{}cxl:{campaign_id}", prefix(s)));
+        }
+        let mut stats = CampaignStats::default();
+        let mut it = self.query(&p).await?.into_iter();
+        while let (Some(h), Some(x)) = (it.next(), it.next()) {
+            if parse::<i64>(x)? > 0 {
+                stats.canceled = true;
+            }
+            for (k, v) in pairs(h) {
+                let n: i64 = text(&v).parse().unwrap_or(0);
+                if k == "total" {
+                    stats.total += n.max(0) as u64;
+                } else if k == "cost" {
+                    stats.cost_micros += n;
+                } else if let Some(st) = k.strip_prefix('s') {
+                    if let Some(st) = st.parse().ok().and_then(Status::from_number) {
+                        *stats.by_status.entry(st).or_default() += n.max(0) as u64;
+                    }
+                } else if let Some(rest) = k.strip_prefix('c') {
+                    if let Some((ch, st)) = rest.split_once(':') {
+                        if let (Some(ch), Some(st)) = (
+                            Channel::from_name(ch),
+                            st.parse().ok().and_then(Status::from_number),
+                        ) {
+                            *stats
+                                .by_channel
+                                .entry(ch)
+                                .or_default()
+                                .entry(st)
+                                .or_default() += n.max(0) as u64;
+                        }
+                    }
+                }
+            }
+        }
+        stats.by_status.retain(|_, v| *v > 0);
+        for m in stats.by_channel.values_mut() {
+            m.retain(|_, v| *v > 0);
+        }
+        stats.by_channel.retain(|_, m| !m.is_empty());
+        Ok(stats)
+    }
+
+    async fn dead_letters(
+        &self,
+        channel: Channel,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut p = redis::pipe();
+        for s in 0..self.shards {
+            p.cmd("XREVRANGE")
+                .arg(format!("{}dead:{}", prefix(s), channel.name()))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(limit);
+        }
+        let mut out = Vec::new();
+        for v in self.query(&p).await? {
+            let rows: Vec<(String, Value)> = parse(v)?;
+            for (_, f) in rows {
+                let f = pairs(f);
+                let g = |k: &str| f.get(k).map(text).unwrap_or_default();
+                out.push(DeadLetter {
+                    id: g("id"),
+                    channel,
+                    class: g("ec").parse().ok().and_then(ErrorClass::from_number),
+                    code: g("code"),
+                    message: g("msg"),
+                    at: g("at").parse().unwrap_or(0),
+                });
+            }
+        }
+        out.sort_by_key(|d| std::cmp::Reverse(d.at));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
+        let mut p = redis::pipe();
+        let mut lanes = Vec::new();
+        for s in 0..self.shards {
+            for c in Channel::ALL {
+                for pr in Priority::ALL {
+                    p.cmd("XLEN")
+                        .arg(format!("{}ready:{}:{}", prefix(s), c.name(), pr.number()));
+                    lanes.push((*c, *pr));
+                }
+            }
+            p.cmd("ZCARD").arg(format!("{}delayed", prefix(s)));
+        }
+        let mut d = QueueDepth::default();
+        let mut it = self.query(&p).await?.into_iter();
+        let per_shard = lanes.len() / usize::from(self.shards.max(1));
+        for s in 0..usize::from(self.shards) {
+            for lane in &lanes[s * per_shard..(s + 1) * per_shard] {
+                let n: u64 = it.next().map(parse).transpose()?.unwrap_or(0);
+                *d.ready.entry(*lane).or_default() += n;
+            }
+            d.delayed += it.next().map(parse::<u64>).transpose()?.unwrap_or(0);
+        }
+        Ok(d)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("PING");
+        self.query(&p).await.map(|_| ())
+    }
+
+    async fn contacts(&self, keys: &[ContactKey]) -> Result<Vec<ContactState>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        for k in keys {
+            p.cmd("HMGET")
+                .arg(contact_key("ct", k))
+                .arg("d")
+                .arg("o")
+                .arg("li");
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for v in self.query(&p).await? {
+            let f: Vec<Option<String>> = parse(v)?;
+            let get = |i: usize| f.get(i).cloned().flatten();
+            out.push(ContactState {
+                dead: get(0).is_some(),
+                opted_out: get(1).is_some(),
+                last_inbound: get(2).and_then(|s| s.parse().ok()).unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn update_contacts(
+        &self,
+        changes: Vec<(ContactKey, ContactChange)>,
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let now = crate::model::now_ms();
+        let mut p = redis::pipe();
+        let mut uses_script = false;
+        for (k, c) in &changes {
+            let key = contact_key("ct", k);
+            match c {
+                ContactChange::Dead => {
+                    p.cmd("HSET").arg(&key).arg("d").arg(now).ignore();
+                }
+                ContactChange::Alive => {
+                    p.cmd("HDEL").arg(&key).arg("d").ignore();
+                }
+                ContactChange::OptOut => {
+                    p.cmd("HSET").arg(&key).arg("o").arg(now).ignore();
+                }
+                ContactChange::OptIn => {
+                    p.cmd("HDEL").arg(&key).arg("o").ignore();
+                }
+                ContactChange::Inbound(at) => {
+                    let mut inv = self.scripts.inbound.prepare_invoke();
+                    inv.key(&key).arg(*at).arg(CONTACT_KEEP_MS);
+                    p.invoke_script(&inv).ignore();
+                    uses_script = true;
+                    continue;
+                }
+            }
+            p.cmd("PEXPIRE").arg(&key).arg(CONTACT_KEEP_MS).ignore();
+        }
+        if uses_script {
+            // Cheap when loaded already; after a Redis restart it puts the script back.
+            let mut load = redis::pipe();
+            load.load_script(&self.scripts.inbound);
+            self.query(&load).await?;
+        }
+        self.query(&p).await.map(|_| ())
+    }
+
+    async fn waiting(&self, limit: usize) -> Result<Vec<(Notification, usize)>, StoreError> {
+        // Which ids: a look at the head of every lane and delayed set, one round trip.
+        let mut p = redis::pipe();
+        let mut keys = Vec::new();
+        for s in 0..self.shards {
+            for c in Channel::ALL {
+                for pr in Priority::ALL {
+                    p.cmd("XRANGE")
+                        .arg(format!("{}ready:{}:{}", prefix(s), c.name(), pr.number()))
+                        .arg("-")
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(limit);
+                    keys.push(s);
+                }
+            }
+            p.cmd("ZRANGE")
+                .arg(format!("{}delayed", prefix(s)))
+                .arg(0)
+                .arg(limit.saturating_sub(1));
+            keys.push(s);
+        }
+        let mut ids: Vec<(u16, String)> = Vec::new();
+        for (s, v) in keys.into_iter().zip(self.query(&p).await?) {
+            if ids.len() >= limit {
+                break;
+            }
+            match &v {
+                Value::Array(items)
+                    if items.first().is_some_and(|i| matches!(i, Value::Array(_))) =>
+                {
+                    let rows: Vec<(String, HashMap<String, String>)> = parse(v)?;
+                    ids.extend(
+                        rows.into_iter()
+                            .filter_map(|(_, f)| f.get("id").cloned())
+                            .map(|id| (s, id)),
+                    );
+                }
+                _ => {
+                    let members: Vec<String> = parse(v)?;
+                    ids.extend(members.into_iter().map(|id| (s, id)));
+                }
+            }
+        }
+        ids.truncate(limit);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        for (s, id) in &ids {
+            p.cmd("HMGET")
+                .arg(format!("{}n:{id}", prefix(*s)))
+                .arg("d")
+                .arg("ri");
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for v in self.query(&p).await? {
+            let (blob, ri): (Option<Vec<u8>>, Option<String>) = parse(v)?;
+            if let Some(blob) = blob {
+                let n = Notification::decode(&blob).map_err(StoreError::Internal)?;
+                out.push((n, ri.and_then(|r| r.parse().ok()).unwrap_or(0)));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn heartbeat(
+        &self,
+        instance: &str,
+        now: Millis,
+        window: Millis,
+    ) -> Result<u32, StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("ZADD")
+            .arg(INSTANCES_KEY)
+            .arg(now)
+            .arg(instance)
+            .ignore();
+        p.cmd("ZREMRANGEBYSCORE")
+            .arg(INSTANCES_KEY)
+            .arg("-inf")
+            .arg(now - window)
+            .ignore();
+        p.cmd("ZCARD").arg(INSTANCES_KEY);
+        let v = self.query(&p).await?.pop().unwrap_or(Value::Nil);
+        Ok(parse::<u32>(v)?.max(1))
+    }
+
+    async fn budget_spent(&self, keys: &[String]) -> Result<Vec<i64>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        for k in keys {
+            p.cmd("GET").arg(format!("herald:budget:{{{k}}}"));
+        }
+        Ok(self
+            .query(&p)
+            .await?
+            .iter()
+            .map(|v| text(v).parse().unwrap_or(0))
+            .collect())
+    }
+
+    async fn recent_sends(&self, keys: &[(String, Millis)]) -> Result<Vec<u64>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = redis::pipe();
+        for (k, since) in keys {
+            p.cmd("ZCOUNT")
+                .arg(format!("herald:recent:{{{k}}}"))
+                .arg(*since)
+                .arg("+inf");
+        }
+        self.query(&p).await?.into_iter().map(parse).collect()
+    }
+
+    async fn policy(&self) -> Result<Option<super::PolicyRecord>, StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("HGETALL").arg(POLICY_CURRENT);
+        let f = pairs(self.query(&p).await?.pop().unwrap_or(Value::Nil));
+        let g = |k: &str| f.get(k).map(text).unwrap_or_default();
+        let version: u64 = g("v").parse().unwrap_or(0);
+        if version == 0 {
+            return Ok(None);
+        }
+        Ok(Some(super::PolicyRecord {
+            version,
+            document: g("doc"),
+            author: g("author"),
+            applied_at: g("at").parse().unwrap_or(0),
+            diff: g("diff"),
+        }))
+    }
+
+    async fn policy_version(&self) -> Result<u64, StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("HGET").arg(POLICY_CURRENT).arg("v");
+        let v = self.query(&p).await?.pop().unwrap_or(Value::Nil);
+        Ok(text(&v).parse().unwrap_or(0))
+    }
+
+    async fn apply_policy(
+        &self,
+        expected_version: Option<u64>,
+        document: String,
+        author: String,
+        diff: String,
+        now: Millis,
+    ) -> Result<super::PolicyApplied, StoreError> {
+        let args = vec![
+            expected_version.map(arg).unwrap_or_default(),
+            document.into_bytes(),
+            author.into_bytes(),
+            diff.into_bytes(),
+            arg(now),
+            arg(POLICY_HISTORY_KEY),
+            arg(super::POLICY_HISTORY),
+        ];
+        let v = self
+            .run(vec![(
+                &self.scripts.apply_policy,
+                POLICY_CURRENT.as_bytes().to_vec(),
+                args,
+            )])
+            .await?
+            .pop()
+            .unwrap_or(Value::Nil);
+        let (applied, version): (u8, u64) = parse(v)?;
+        Ok(if applied == 1 {
+            super::PolicyApplied::Applied { version }
+        } else {
+            super::PolicyApplied::Stale { current: version }
+        })
+    }
+
+    async fn paused(&self) -> Result<BTreeMap<Channel, String>, StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("HGETALL").arg(PAUSED_KEY);
+        let f = pairs(self.query(&p).await?.pop().unwrap_or(Value::Nil));
+        Ok(f.into_iter()
+            .filter_map(|(k, v)| Channel::from_name(&k).map(|c| (c, text(&v))))
+            .collect())
+    }
+
+    async fn set_paused(&self, channel: Channel, reason: Option<String>) -> Result<(), StoreError> {
+        let mut p = redis::pipe();
+        match reason {
+            Some(r) => p.cmd("HSET").arg(PAUSED_KEY).arg(channel.name()).arg(r),
+            None => p.cmd("HDEL").arg(PAUSED_KEY).arg(channel.name()),
+        };
+        self.query(&p).await.map(|_| ())
+    }
+
+    async fn policy_history(&self, limit: usize) -> Result<Vec<super::PolicyRecord>, StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("LRANGE")
+            .arg(POLICY_HISTORY_KEY)
+            .arg(0)
+            .arg(limit.saturating_sub(1));
+        let rows: Vec<String> = parse(self.query(&p).await?.pop().unwrap_or(Value::Nil))?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(r)
+                    .map_err(|e| StoreError::Internal(format!("corrupt policy history: {e}")))
+            })
+            .collect()
+    }
+
+    async fn sent_before(
+        &self,
+        key: &ContactKey,
+        watermark: Millis,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("ZRANGEBYSCORE")
+            .arg(contact_key("wm", key))
+            .arg("-inf")
+            .arg(watermark);
+        let v = self.query(&p).await?.pop().unwrap_or(Value::Nil);
+        parse(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        let pos = vec!["1-0".to_string(), "0-0".to_string()];
+        let c = encode_cursor(&pos);
+        assert_eq!(decode_cursor(&c, 2).expect("valid"), pos);
+        assert!(decode_cursor(&c, 3).is_err());
+        assert!(decode_cursor("garbage", 2).is_err());
+    }
+
+    #[test]
+    fn entry_ids_sort_numerically() {
+        assert!(entry_id("10-0") > entry_id("9-5"));
+        assert!(entry_id("10-2") > entry_id("10-1"));
+    }
+}

@@ -1,0 +1,878 @@
+//! One conformance suite for every `Store`: each case runs against `MemoryStore` and against
+//! `RedisStore` on a real `redis-server` started for the test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::config::{HumanDuration, RedisConfig};
+use herald::model::{
+    make_id, now_ms, AttemptRecord, Channel, ContactChange, ContactKey, Content, ErrorClass,
+    Notification, Priority, ProviderReceipt, Recipient, Status,
+};
+use herald::store::{
+    CancelTarget, Claimed, Completion, Disposition, Enqueued, IdemKey, MemoryStore,
+    NewNotification, RedisStore, Store,
+};
+
+use crate::harness::RedisServer;
+
+/// A store under test, with whatever keeps it alive.
+pub struct Subject {
+    pub store: Arc<dyn Store>,
+    pub redis: Option<RedisServer>,
+}
+
+pub fn memory() -> Subject {
+    Subject {
+        store: Arc::new(MemoryStore::default()),
+        redis: None,
+    }
+}
+
+pub async fn redis_with(shards: u16) -> Subject {
+    let server = RedisServer::start();
+    let cfg = RedisConfig {
+        url: Some(server.url()),
+        shards,
+        command_timeout: HumanDuration(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let store = RedisStore::connect(&cfg)
+        .await
+        .expect("connect to test redis");
+    Subject {
+        store: Arc::new(store),
+        redis: Some(server),
+    }
+}
+
+pub async fn redis() -> Subject {
+    redis_with(4).await
+}
+
+pub fn note(store: &dyn Store, route: Vec<Channel>) -> Notification {
+    let shard = rand::random_range(0..store.shards());
+    Notification {
+        id: make_id(shard),
+        tenant: "t".into(),
+        labels: [("team".to_string(), "growth".to_string())].into(),
+        recipient: Recipient {
+            webhook_url: "http://127.0.0.1:9/hook".into(),
+            ..Default::default()
+        },
+        route,
+        content: Content {
+            body: "hello".into(),
+            ..Default::default()
+        },
+        created_at: now_ms(),
+        ..Default::default()
+    }
+}
+
+fn new(n: Notification) -> NewNotification {
+    let shard = herald::model::shard_of(&n.id).expect("id has a shard");
+    NewNotification {
+        notification: n,
+        shard,
+        idem: None,
+    }
+}
+
+async fn enqueue(store: &dyn Store, n: Notification) -> String {
+    let id = n.id.clone();
+    let r = store.enqueue(vec![new(n)]).await.expect("enqueue");
+    assert!(
+        matches!(&r[0], Enqueued::Created { id: x, .. } if *x == id),
+        "{r:?}"
+    );
+    id
+}
+
+/// Claims from every shard of `channel`.
+async fn claim_all(store: &dyn Store, channel: Channel, consumer: &str) -> Vec<(u16, Claimed)> {
+    let mut out = Vec::new();
+    for s in 0..store.shards() {
+        for c in store
+            .claim(channel, s, consumer, 100, None, now_ms())
+            .await
+            .expect("claim")
+        {
+            out.push((s, c));
+        }
+    }
+    out
+}
+
+fn attempt(channel: Channel, n: u32) -> AttemptRecord {
+    AttemptRecord {
+        number: n,
+        channel,
+        started_at: now_ms(),
+        finished_at: now_ms(),
+        outcome: "sent".into(),
+        error_class: None,
+        error_code: String::new(),
+        error_message: String::new(),
+        provider_id: String::new(),
+        meta: Default::default(),
+    }
+}
+
+fn done(c: &Claimed, channel: Channel, d: Disposition) -> Completion {
+    Completion {
+        entry: c.entry.clone(),
+        id: c.notification.id.clone(),
+        channel,
+        attempt: Some(attempt(channel, c.attempts + 1)),
+        disposition: d,
+    }
+}
+
+/// Finishes one claimed entry as consumer "w".
+async fn finish_one(st: &dyn Store, channel: Channel, shard: u16, c: &Claimed, d: Disposition) {
+    let applied = st
+        .finish(channel, shard, "w", vec![done(c, channel, d)], now_ms())
+        .await
+        .expect("finish");
+    assert_eq!(applied, 1, "consumer w owns the entry");
+}
+
+fn sent(status: Status) -> Disposition {
+    Disposition::Sent {
+        status,
+        provider_id: "prov-1".into(),
+        cost_micros: 0,
+        currency: String::new(),
+        watermark: None,
+        counters: Vec::new(),
+    }
+}
+
+async fn status(store: &dyn Store, id: &str) -> Status {
+    store.get(id).await.expect("get").expect("exists").status
+}
+
+// ------------------------------------------------------------------------------------ cases
+
+pub async fn claim_send_finish(s: Subject) {
+    let st = &*s.store;
+    let id = enqueue(st, note(st, vec![Channel::Webhook])).await;
+    assert_eq!(status(st, &id).await, Status::Queued);
+    let got = claim_all(st, Channel::Webhook, "w1").await;
+    assert_eq!(got.len(), 1);
+    let (shard, c) = &got[0];
+    assert_eq!(c.notification.id, id);
+    assert_eq!(c.notification.content.body, "hello");
+    assert_eq!(status(st, &id).await, Status::Sending);
+    // Nothing else to claim while it is in flight.
+    assert!(claim_all(st, Channel::Webhook, "w2").await.is_empty());
+    let applied = st
+        .finish(
+            Channel::Webhook,
+            *shard,
+            "w1",
+            vec![done(c, Channel::Webhook, sent(Status::Sent))],
+            now_ms(),
+        )
+        .await
+        .expect("finish");
+    assert_eq!(applied, 1);
+    let v = st.get(&id).await.expect("get").expect("exists");
+    assert_eq!(v.status, Status::Sent);
+    assert_eq!(v.attempts.len(), 1);
+    assert_eq!(v.receipts.len(), 1);
+    assert_eq!(v.receipts[0].status, Status::Sent);
+    assert_eq!(v.receipts[0].provider_id, "prov-1");
+    assert!(claim_all(st, Channel::Webhook, "w1").await.is_empty());
+    let depth = st.queue_depth().await.expect("depth");
+    let queued: u64 = depth.ready.values().sum();
+    assert_eq!(queued, 0, "finished entries leave the queue: {depth:?}");
+}
+
+pub async fn idempotency(s: Subject) {
+    let st = &*s.store;
+    let n = note(st, vec![Channel::Webhook]);
+    let shard = herald::model::shard_of(&n.id).expect("shard");
+    let key = IdemKey {
+        key: "t:order-1".into(),
+        fingerprint: "fp-a".into(),
+    };
+    let first = NewNotification {
+        notification: n.clone(),
+        shard,
+        idem: Some(key.clone()),
+    };
+    let mut second = first.clone();
+    second.notification.id = make_id(shard);
+    let mut third = first.clone();
+    third.notification.id = make_id(shard);
+    third.idem = Some(IdemKey {
+        fingerprint: "fp-b".into(),
+        ..key
+    });
+    // All three in one batch: the key is checked in order inside it too.
+    let r = st
+        .enqueue(vec![first, second, third])
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        r[0],
+        Enqueued::Created {
+            id: n.id.clone(),
+            status: Status::Queued
+        }
+    );
+    assert_eq!(
+        r[1],
+        Enqueued::Duplicate {
+            id: n.id.clone(),
+            status: Status::Queued
+        }
+    );
+    assert_eq!(r[2], Enqueued::Conflict { id: n.id.clone() });
+    assert_eq!(claim_all(st, Channel::Webhook, "w").await.len(), 1);
+}
+
+pub async fn scheduling_and_promotion(s: Subject) {
+    let st = &*s.store;
+    let mut n = note(st, vec![Channel::Webhook]);
+    n.send_at = now_ms() + 60_000;
+    let id = enqueue(st, n).await;
+    assert_eq!(status(st, &id).await, Status::Scheduled);
+    assert!(claim_all(st, Channel::Webhook, "w").await.is_empty());
+    assert_eq!(st.promote_due(now_ms(), 100).await.expect("promote"), 0);
+    assert_eq!(
+        st.promote_due(now_ms() + 61_000, 100)
+            .await
+            .expect("promote"),
+        1
+    );
+    assert_eq!(status(st, &id).await, Status::Queued);
+    assert_eq!(claim_all(st, Channel::Webhook, "w").await.len(), 1);
+}
+
+pub async fn retry_then_fallback(s: Subject) {
+    let st = &*s.store;
+    let id = enqueue(st, note(st, vec![Channel::Webhook, Channel::Sandbox])).await;
+    let (shard, c) = claim_all(st, Channel::Webhook, "w").await.remove(0);
+    let due = now_ms() + 30_000;
+    let retry = Disposition::Retry {
+        due,
+        class: ErrorClass::Transient,
+        code: "http_503".into(),
+    };
+    finish_one(st, Channel::Webhook, shard, &c, retry).await;
+    assert_eq!(status(st, &id).await, Status::Retrying);
+    assert_eq!(st.promote_due(now_ms(), 10).await.expect("promote"), 0);
+    assert_eq!(st.promote_due(due, 10).await.expect("promote"), 1);
+    let (shard, c) = claim_all(st, Channel::Webhook, "w").await.remove(0);
+    assert_eq!((c.attempts, c.channel_attempts), (1, 1));
+    let fb = Disposition::Fallback {
+        route_index: 1,
+        channel: Channel::Sandbox,
+    };
+    finish_one(st, Channel::Webhook, shard, &c, fb).await;
+    assert!(claim_all(st, Channel::Webhook, "w").await.is_empty());
+    let got = claim_all(st, Channel::Sandbox, "w").await;
+    assert_eq!(got.len(), 1);
+    let c = &got[0].1;
+    assert_eq!((c.route_index, c.attempts, c.channel_attempts), (1, 2, 0));
+    let v = st.get(&id).await.expect("get").expect("exists");
+    assert_eq!(v.channel, Some(Channel::Sandbox));
+    assert_eq!(v.attempts.len(), 2);
+    assert!(v.receipts.iter().any(|r| r.status == Status::Retrying
+        && r.error_class == Some(ErrorClass::Transient)
+        && r.error_code == "http_503"));
+}
+
+pub async fn failure_and_dead_letters(s: Subject) {
+    let st = &*s.store;
+    let id = enqueue(st, note(st, vec![Channel::Webhook])).await;
+    let (shard, c) = claim_all(st, Channel::Webhook, "w").await.remove(0);
+    let fail = Disposition::Failed {
+        class: ErrorClass::Transient,
+        code: "http_500".into(),
+        message: "receiver answered 500".into(),
+        dead_letter: true,
+    };
+    finish_one(st, Channel::Webhook, shard, &c, fail).await;
+    assert_eq!(status(st, &id).await, Status::Failed);
+    let dl = st
+        .dead_letters(Channel::Webhook, 10)
+        .await
+        .expect("dead letters");
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].id, id);
+    assert_eq!(dl[0].code, "http_500");
+    assert_eq!(dl[0].class, Some(ErrorClass::Transient));
+}
+
+pub async fn cancel_before_and_after_sending(s: Subject) {
+    let st = &*s.store;
+    let mut n = note(st, vec![Channel::Webhook]);
+    n.send_at = now_ms() + 60_000;
+    let scheduled = enqueue(st, n).await;
+    let queued = enqueue(st, note(st, vec![Channel::Webhook])).await;
+    let out = st
+        .cancel(CancelTarget::Notification(scheduled.clone()), now_ms())
+        .await
+        .expect("cancel");
+    assert_eq!((out.canceled, out.status), (1, Some(Status::Canceled)));
+    // A scheduled one canceled never becomes ready.
+    assert_eq!(
+        st.promote_due(now_ms() + 120_000, 10)
+            .await
+            .expect("promote"),
+        0
+    );
+    let out = st
+        .cancel(CancelTarget::Notification(queued.clone()), now_ms())
+        .await
+        .expect("cancel");
+    assert_eq!(out.canceled, 1);
+    assert!(claim_all(st, Channel::Webhook, "w").await.is_empty());
+    // Once a worker holds it, cancel leaves it alone.
+    let sending = enqueue(st, note(st, vec![Channel::Webhook])).await;
+    assert_eq!(claim_all(st, Channel::Webhook, "w").await.len(), 1);
+    let out = st
+        .cancel(CancelTarget::Notification(sending.clone()), now_ms())
+        .await
+        .expect("cancel");
+    assert_eq!((out.canceled, out.status), (0, Some(Status::Sending)));
+    let unknown = make_id(0);
+    let out = st
+        .cancel(CancelTarget::Notification(unknown), now_ms())
+        .await
+        .expect("cancel");
+    assert_eq!(out.status, None);
+}
+
+pub async fn cancel_campaign(s: Subject) {
+    let st = &*s.store;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let mut n = note(st, vec![Channel::Webhook]);
+        n.campaign_id = "spring".into();
+        ids.push(enqueue(st, n).await);
+    }
+    let out = st
+        .cancel(CancelTarget::Campaign("spring".into()), now_ms())
+        .await
+        .expect("cancel");
+    assert_eq!(out.canceled, 5);
+    assert!(claim_all(st, Channel::Webhook, "w").await.is_empty());
+    for id in &ids {
+        assert_eq!(status(st, id).await, Status::Canceled);
+    }
+    let c = st.campaign("spring").await.expect("campaign");
+    assert!(c.canceled);
+    assert_eq!(c.by_status.get(&Status::Canceled), Some(&5));
+}
+
+pub async fn expiry_at_claim(s: Subject) {
+    let st = &*s.store;
+    let mut n = note(st, vec![Channel::Webhook]);
+    n.expire_at = now_ms() + 50;
+    let id = enqueue(st, n).await;
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(claim_all(st, Channel::Webhook, "w").await.is_empty());
+    assert_eq!(status(st, &id).await, Status::Expired);
+}
+
+pub async fn takeover_of_abandoned_entries(s: Subject) {
+    let st = &*s.store;
+    let id = enqueue(st, note(st, vec![Channel::Webhook])).await;
+    let (shard, mine) = claim_all(st, Channel::Webhook, "dead-worker")
+        .await
+        .remove(0);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Another worker takes over entries idle longer than the takeover time.
+    let taken = st
+        .claim(
+            Channel::Webhook,
+            shard,
+            "live-worker",
+            10,
+            Some(Duration::from_millis(20)),
+            now_ms(),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].notification.id, id);
+    // The slow worker no longer owns it: its finish is skipped.
+    let applied = st
+        .finish(
+            Channel::Webhook,
+            shard,
+            "dead-worker",
+            vec![done(&mine, Channel::Webhook, sent(Status::Sent))],
+            now_ms(),
+        )
+        .await
+        .expect("finish");
+    assert_eq!(applied, 0);
+    assert_eq!(status(st, &id).await, Status::Sending);
+    let applied = st
+        .finish(
+            Channel::Webhook,
+            shard,
+            "live-worker",
+            vec![done(&taken[0], Channel::Webhook, sent(Status::Delivered))],
+            now_ms(),
+        )
+        .await
+        .expect("finish");
+    assert_eq!(applied, 1);
+    assert_eq!(status(st, &id).await, Status::Delivered);
+}
+
+pub async fn receipts_move_forward_only(s: Subject) {
+    let st = &*s.store;
+    let id = enqueue(st, note(st, vec![Channel::Sandbox])).await;
+    let (shard, c) = claim_all(st, Channel::Sandbox, "w").await.remove(0);
+    st.finish(
+        Channel::Sandbox,
+        shard,
+        "w",
+        vec![done(&c, Channel::Sandbox, sent(Status::Sent))],
+        now_ms(),
+    )
+    .await
+    .expect("finish");
+    let pr = |status, by_provider: bool| ProviderReceipt {
+        channel: Channel::Sandbox,
+        notification_id: if by_provider {
+            String::new()
+        } else {
+            id.clone()
+        },
+        provider_id: "prov-1".into(),
+        status,
+        error_class: None,
+        error_code: String::new(),
+        at: now_ms(),
+    };
+    // Read arrives first (out of order), then delivered, then read again: only READ applies.
+    st.record_receipts(vec![pr(Status::Read, false)])
+        .await
+        .expect("receipts");
+    st.record_receipts(vec![pr(Status::Delivered, true), pr(Status::Read, true)])
+        .await
+        .expect("receipts");
+    let v = st.get(&id).await.expect("get").expect("exists");
+    assert_eq!(v.status, Status::Read);
+    let statuses: Vec<Status> = v.receipts.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![Status::Sent, Status::Read]);
+}
+
+pub async fn receipt_cursor_resumes_exactly(s: Subject) {
+    let st = &*s.store;
+    let start = st.read_receipts(None, false, 100).await.expect("read");
+    assert!(start.receipts.is_empty());
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(enqueue(st, note(st, vec![Channel::Webhook])).await);
+    }
+    for (shard, c) in claim_all(st, Channel::Webhook, "w").await {
+        st.finish(
+            Channel::Webhook,
+            shard,
+            "w",
+            vec![done(&c, Channel::Webhook, sent(Status::Delivered))],
+            now_ms(),
+        )
+        .await
+        .expect("finish");
+    }
+    let all = st
+        .read_receipts(Some(&start.cursor), false, 100)
+        .await
+        .expect("read");
+    assert_eq!(all.receipts.len(), 12);
+    let mut seen: Vec<String> = all
+        .receipts
+        .iter()
+        .map(|r| r.notification_id.clone())
+        .collect();
+    seen.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(seen, want);
+    assert_eq!(
+        all.receipts[0].labels.get("team").map(String::as_str),
+        Some("growth")
+    );
+    // Resume from the fifth receipt's cursor: exactly the last seven, in the same order.
+    let fifth = all.receipts[4].cursor.clone();
+    let rest = st
+        .read_receipts(Some(&fifth), false, 100)
+        .await
+        .expect("read");
+    let rest_ids: Vec<&str> = rest
+        .receipts
+        .iter()
+        .map(|r| r.notification_id.as_str())
+        .collect();
+    let expect: Vec<&str> = all.receipts[5..]
+        .iter()
+        .map(|r| r.notification_id.as_str())
+        .collect();
+    assert_eq!(rest_ids, expect);
+    // From the end: nothing; from the start: everything.
+    let end = st
+        .read_receipts(Some(&all.cursor), false, 100)
+        .await
+        .expect("read");
+    assert!(end.receipts.is_empty());
+    let from_start = st.read_receipts(None, true, 100).await.expect("read");
+    assert_eq!(from_start.receipts.len(), 12);
+    assert!(st.read_receipts(Some("garbage"), false, 10).await.is_err());
+}
+
+pub async fn campaign_counts(s: Subject) {
+    let st = &*s.store;
+    for _ in 0..3 {
+        let mut n = note(st, vec![Channel::Webhook, Channel::Sandbox]);
+        n.campaign_id = "c1".into();
+        enqueue(st, n).await;
+    }
+    let c = st.campaign("c1").await.expect("campaign");
+    assert_eq!(c.total, 3);
+    assert_eq!(c.by_status.get(&Status::Queued), Some(&3));
+    let claimed = claim_all(st, Channel::Webhook, "w").await;
+    assert_eq!(claimed.len(), 3);
+    let ds = [
+        sent(Status::Delivered),
+        Disposition::Fallback {
+            route_index: 1,
+            channel: Channel::Sandbox,
+        },
+        Disposition::Failed {
+            class: ErrorClass::DeadAddress,
+            code: "http_410".into(),
+            message: "gone".into(),
+            dead_letter: false,
+        },
+    ];
+    for ((shard, c), d) in claimed.iter().zip(ds) {
+        finish_one(st, Channel::Webhook, *shard, c, d).await;
+    }
+    let c = st.campaign("c1").await.expect("campaign");
+    assert_eq!(c.total, 3);
+    assert_eq!(c.by_status.get(&Status::Delivered), Some(&1));
+    assert_eq!(c.by_status.get(&Status::Queued), Some(&1));
+    assert_eq!(c.by_status.get(&Status::Failed), Some(&1));
+    assert_eq!(c.by_status.get(&Status::Sending), None);
+    let web = c.by_channel.get(&Channel::Webhook).expect("webhook counts");
+    assert_eq!(web.get(&Status::Delivered), Some(&1));
+    assert_eq!(web.get(&Status::Failed), Some(&1));
+    let sbx = c.by_channel.get(&Channel::Sandbox).expect("sandbox counts");
+    assert_eq!(sbx.get(&Status::Queued), Some(&1));
+    assert_eq!(st.campaign("nope").await.expect("campaign").total, 0);
+}
+
+pub async fn priority_lanes(s: Subject) {
+    let st = &*s.store;
+    let shard = 0;
+    let mk = |p: Priority| {
+        let mut n = note(st, vec![Channel::Webhook]);
+        n.id = make_id(shard);
+        n.priority = p;
+        n
+    };
+    for _ in 0..3 {
+        enqueue(st, mk(Priority::Bulk)).await;
+    }
+    let high = enqueue(st, mk(Priority::High)).await;
+    let got = st
+        .claim(Channel::Webhook, shard, "w", 1, None, now_ms())
+        .await
+        .expect("claim");
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].notification.id, high,
+        "HIGH is claimed before BULK queued earlier"
+    );
+}
+
+pub async fn contact_state(s: Subject) {
+    let st = &*s.store;
+    let sms = ContactKey::new(Channel::Sms, "+14155550100");
+    let other = ContactKey::new(Channel::Sms, "+14155550199");
+    let wa = ContactKey::new(Channel::Whatsapp, "+14155550100");
+    let got = st
+        .contacts(&[sms.clone(), wa.clone()])
+        .await
+        .expect("contacts");
+    assert!(got.iter().all(|c| !c.suppressed() && c.last_inbound == 0));
+    st.update_contacts(vec![
+        (sms.clone(), ContactChange::OptOut),
+        (wa.clone(), ContactChange::Inbound(5_000)),
+        (wa.clone(), ContactChange::Inbound(3_000)),
+        (other.clone(), ContactChange::Dead),
+    ])
+    .await
+    .expect("update");
+    let got = st
+        .contacts(&[sms.clone(), wa.clone(), other.clone()])
+        .await
+        .expect("contacts");
+    assert!(got[0].opted_out && !got[0].dead);
+    assert_eq!(
+        got[1].last_inbound, 5_000,
+        "a late, older inbound does not move it back"
+    );
+    assert!(!got[1].suppressed(), "opt-out is per channel");
+    assert!(got[2].dead);
+    st.update_contacts(vec![
+        (sms.clone(), ContactChange::OptIn),
+        (other.clone(), ContactChange::Alive),
+    ])
+    .await
+    .expect("update");
+    let got = st.contacts(&[sms, other]).await.expect("contacts");
+    assert!(!got[0].suppressed() && !got[1].suppressed());
+}
+
+pub async fn watermark_index(s: Subject) {
+    let st = &*s.store;
+    let psid = ContactKey::new(Channel::Messenger, "psid-1");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = enqueue(st, note(st, vec![Channel::Messenger])).await;
+        let (shard, c) = claim_all(st, Channel::Messenger, "w").await.remove(0);
+        let d = Disposition::Sent {
+            status: Status::Sent,
+            provider_id: format!("m_{id}"),
+            cost_micros: 0,
+            currency: String::new(),
+            watermark: Some(psid.clone()),
+            counters: Vec::new(),
+        };
+        finish_one(st, Channel::Messenger, shard, &c, d).await;
+        ids.push(id);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all = st.sent_before(&psid, now_ms()).await.expect("index");
+    assert_eq!(all, ids);
+    assert!(st.sent_before(&psid, 0).await.expect("index").is_empty());
+    let other = ContactKey::new(Channel::Messenger, "psid-2");
+    assert!(st
+        .sent_before(&other, now_ms())
+        .await
+        .expect("index")
+        .is_empty());
+}
+
+pub async fn receipts_before_the_send_is_recorded(s: Subject) {
+    let st = &*s.store;
+    let id = enqueue(st, note(st, vec![Channel::Sms])).await;
+    let (shard, c) = claim_all(st, Channel::Sms, "w").await.remove(0);
+    // The platform reports delivery before our finish has linked its message id.
+    st.record_receipts(vec![ProviderReceipt {
+        channel: Channel::Sms,
+        notification_id: String::new(),
+        provider_id: "SM-early".into(),
+        status: Status::Delivered,
+        error_class: None,
+        error_code: String::new(),
+        at: now_ms(),
+    }])
+    .await
+    .expect("receipts");
+    assert_eq!(status(st, &id).await, Status::Sending);
+    let d = Disposition::Sent {
+        status: Status::Sent,
+        provider_id: "SM-early".into(),
+        cost_micros: 0,
+        currency: String::new(),
+        watermark: None,
+        counters: Vec::new(),
+    };
+    finish_one(st, Channel::Sms, shard, &c, d).await;
+    assert_eq!(status(st, &id).await, Status::Delivered);
+}
+
+pub async fn operator_pauses(s: Subject) {
+    let st = &*s.store;
+    assert!(st.paused().await.expect("paused").is_empty());
+    st.set_paused(Channel::Sms, Some("carrier incident".into()))
+        .await
+        .expect("pause");
+    st.set_paused(Channel::Email, Some("warm-up".into()))
+        .await
+        .expect("pause");
+    st.set_paused(Channel::Email, None).await.expect("resume");
+    let p = st.paused().await.expect("paused");
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        p.get(&Channel::Sms).map(String::as_str),
+        Some("carrier incident")
+    );
+}
+
+pub async fn budgets_and_recent_sends(s: Subject) {
+    use herald::store::Counter;
+    let st = &*s.store;
+    let t0 = now_ms();
+    for cost in [1_500, 2_500] {
+        let id = enqueue(st, note(st, vec![Channel::Sms])).await;
+        let (shard, c) = claim_all(st, Channel::Sms, "w").await.remove(0);
+        let d = Disposition::Sent {
+            status: Status::Sent,
+            provider_id: format!("SM{id}"),
+            cost_micros: cost,
+            currency: "USD".into(),
+            watermark: None,
+            counters: vec![
+                Counter::Budget("campaign:spring:20261123".into()),
+                Counter::Recent("contact-1:marketing".into()),
+            ],
+        };
+        finish_one(st, Channel::Sms, shard, &c, d).await;
+    }
+    let spent = st
+        .budget_spent(&[
+            "campaign:spring:20261123".to_string(),
+            "campaign:other:20261123".to_string(),
+        ])
+        .await
+        .expect("spent");
+    assert_eq!(spent, vec![4_000, 0]);
+    let counts = st
+        .recent_sends(&[
+            ("contact-1:marketing".to_string(), t0 - 1),
+            ("contact-1:marketing".to_string(), now_ms() + 60_000),
+            ("contact-2:marketing".to_string(), 0),
+        ])
+        .await
+        .expect("recent");
+    assert_eq!(counts, vec![2, 0, 0]);
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod memory_store {
+            $(#[tokio::test] async fn $name() { super::$name(super::memory()).await })*
+        }
+        mod redis_store {
+            $(#[tokio::test] async fn $name() { super::$name(super::redis().await).await })*
+        }
+    };
+}
+
+both!(
+    claim_send_finish,
+    idempotency,
+    scheduling_and_promotion,
+    retry_then_fallback,
+    failure_and_dead_letters,
+    cancel_before_and_after_sending,
+    cancel_campaign,
+    expiry_at_claim,
+    takeover_of_abandoned_entries,
+    receipts_move_forward_only,
+    receipt_cursor_resumes_exactly,
+    campaign_counts,
+    priority_lanes,
+    contact_state,
+    watermark_index,
+    receipts_before_the_send_is_recorded,
+    policy_versions,
+    operator_pauses,
+    budgets_and_recent_sends,
+);
+
+/// Redis only: the consumer group vanishes (a restart without persistence, or someone
+/// deleting it); workers recreate it and carry on without losing what is in the stream.
+#[tokio::test]
+async fn redis_group_vanishes() {
+    let s = redis_with(1).await;
+    let st = &*s.store;
+    let server = s.redis.as_ref().expect("redis");
+    let first = enqueue(st, note(st, vec![Channel::Webhook])).await;
+    assert_eq!(claim_all(st, Channel::Webhook, "w").await.len(), 1);
+    let second = enqueue(st, note(st, vec![Channel::Webhook])).await;
+    let reply = server.cmd(&["XGROUP", "DESTROY", "herald:{0}:ready:webhook:2", "herald"]);
+    assert_eq!(reply, "1");
+    let got = claim_all(st, Channel::Webhook, "w").await;
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|(_, c)| c.notification.id.as_str())
+        .collect();
+    // The group is recreated from the start of the stream: both entries are claimable again
+    // (the first one was in flight, so at-least-once allows it to go out twice).
+    assert!(ids.contains(&second.as_str()), "{ids:?}");
+    assert!(ids.contains(&first.as_str()), "{ids:?}");
+}
+
+/// Redis only: a restart that loses everything (scripts included) does not wedge the store.
+#[tokio::test]
+async fn redis_restart_reloads_scripts() {
+    let mut s = redis_with(2).await;
+    enqueue(&*s.store, note(&*s.store, vec![Channel::Webhook])).await;
+    s.redis.as_mut().expect("redis").restart();
+    // The connection manager reconnects; the first call may fail while it does.
+    let mut ok = false;
+    for _ in 0..50 {
+        if s.store.ping().await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "store answers again after the restart");
+    let id = enqueue(&*s.store, note(&*s.store, vec![Channel::Webhook])).await;
+    let got = claim_all(&*s.store, Channel::Webhook, "w").await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1.notification.id, id);
+}
+
+pub async fn policy_versions(s: Subject) {
+    use herald::store::PolicyApplied;
+    let st = &*s.store;
+    assert_eq!(st.policy_version().await.expect("version"), 0);
+    assert!(st.policy().await.expect("policy").is_none());
+    let a = st
+        .apply_policy(
+            None,
+            "[routing]\n".into(),
+            "ops".into(),
+            String::new(),
+            1_000,
+        )
+        .await
+        .expect("apply");
+    assert_eq!(a, PolicyApplied::Applied { version: 1 });
+    // A stale expected version is refused and changes nothing.
+    let b = st
+        .apply_policy(Some(0), "x".into(), "ops".into(), String::new(), 2_000)
+        .await
+        .expect("apply");
+    assert_eq!(b, PolicyApplied::Stale { current: 1 });
+    let c = st
+        .apply_policy(
+            Some(1),
+            "[routing]\nstrategy = \"cheapest_eligible\"\n".into(),
+            "ann".into(),
+            "routing.strategy: preference → cheapest_eligible".into(),
+            3_000,
+        )
+        .await
+        .expect("apply");
+    assert_eq!(c, PolicyApplied::Applied { version: 2 });
+    let cur = st.policy().await.expect("policy").expect("some");
+    assert_eq!((cur.version, cur.author.as_str()), (2, "ann"));
+    assert!(cur.document.contains("cheapest_eligible"));
+    assert_eq!(st.policy_version().await.expect("version"), 2);
+    let h = st.policy_history(10).await.expect("history");
+    let versions: Vec<u64> = h.iter().map(|r| r.version).collect();
+    assert_eq!(versions, vec![2, 1]);
+    assert_eq!(
+        h[0].diff,
+        "routing.strategy: preference → cheapest_eligible"
+    );
+    assert_eq!(h[1].applied_at, 1_000);
+}
