@@ -17,7 +17,7 @@ use crate::config::{DispatchConfig, HumanDuration};
 use crate::live::{Live, Snapshot};
 use crate::model::{
     now_ms, AttemptRecord, Channel, ContactChange, ContactKey, ContactState, ErrorClass, Millis,
-    Notification, Outcome, Status,
+    Notification, Outcome, Priority, Status,
 };
 use crate::policy::{self, Decision, Policy, RouteContext};
 use crate::ratelimit::{Circuit, Limits};
@@ -65,11 +65,16 @@ impl Dispatcher {
         let mut handles = Vec::new();
         for channel in self.channels.kinds() {
             for shard in 0..self.store.shards() {
-                let me = self.clone();
-                let stop = stop.clone();
-                handles.push(tokio::spawn(async move {
-                    me.worker(channel, shard, stop).await
-                }));
+                // Two workers per queue: one takes every lane (HIGH first), the other only
+                // HIGH, so a HIGH notification is claimed at once even while the first holds
+                // a batch of BULK ones waiting for the rate limiter.
+                for last in [Priority::Bulk, Priority::High] {
+                    let me = self.clone();
+                    let stop = stop.clone();
+                    handles.push(tokio::spawn(async move {
+                        me.worker(channel, shard, last, stop).await
+                    }));
+                }
             }
         }
         let me = self.clone();
@@ -83,8 +88,20 @@ impl Dispatcher {
         handles
     }
 
-    async fn worker(self: Arc<Self>, channel: Channel, shard: u16, stop: CancellationToken) {
-        let consumer = format!("{}-{}-{}", self.instance, channel.name(), shard);
+    async fn worker(
+        self: Arc<Self>,
+        channel: Channel,
+        shard: u16,
+        last: Priority,
+        stop: CancellationToken,
+    ) {
+        let consumer = format!(
+            "{}-{}-{}-{}",
+            self.instance,
+            channel.name(),
+            shard,
+            last.name()
+        );
         let claim_timeout = self.cfg.claim_timeout.0;
         // Look for abandoned entries (a dead worker's) a few times per takeover period.
         let reclaim_every = claim_timeout / 4;
@@ -120,6 +137,7 @@ impl Dispatcher {
                     Some(claim_timeout)
                 }
             };
+            let asked = Instant::now();
             let claimed = self
                 .store
                 .claim(
@@ -127,6 +145,7 @@ impl Dispatcher {
                     shard,
                     &consumer,
                     self.claim_size(channel).min(allowed),
+                    last,
                     reclaim,
                     now_ms(),
                 )
@@ -141,7 +160,7 @@ impl Dispatcher {
                 }
                 Ok(batch) => {
                     failures = 0;
-                    self.run_batch(channel, shard, &consumer, batch, &stop)
+                    self.run_batch(channel, shard, &consumer, batch, asked, &stop)
                         .await;
                 }
                 Err(e) => {
@@ -168,6 +187,7 @@ impl Dispatcher {
         shard: u16,
         consumer: &str,
         batch: Vec<Claimed>,
+        claimed_at: Instant,
         stop: &CancellationToken,
     ) {
         let snap = self.live.snapshot();
@@ -186,7 +206,7 @@ impl Dispatcher {
         };
         let results: Vec<(Completion, Vec<(ContactKey, ContactChange)>)> =
             futures::stream::iter(batch)
-                .map(|c| self.attempt(channel, c, &usage, &snap))
+                .map(|c| self.attempt(channel, c, claimed_at, &usage, &snap))
                 .buffer_unordered(self.cfg.concurrency)
                 .collect()
                 .await;
@@ -296,6 +316,7 @@ impl Dispatcher {
         &self,
         channel: Channel,
         c: Claimed,
+        claimed_at: Instant,
         usage: &Usage,
         snap: &Snapshot,
     ) -> (Completion, Vec<(ContactKey, ContactChange)>) {
@@ -374,17 +395,34 @@ impl Dispatcher {
         };
         let all = n.recipient.addresses(channel);
         // This instance's share of the channel's rate (the policy's, adapted to throttling).
-        if let Some(rate) = &policy.channel(channel).rate {
+        if policy.channel(channel).rate.is_some() {
             self.limits.set_instances(self.live.instances());
-            if let Some(l) = self
-                .limits
-                .limiter(channel, Some(rate.per_second), rate.burst)
-            {
-                l.until_ready().await;
-            }
+            // Sends take their turn in order, HIGH first, and each takes a cell of the rate
+            // in force when its turn comes (a policy cut applies to those already waiting).
+            let high = n.priority == Priority::High;
+            self.limits
+                .gate(channel)
+                .pass(high, || {
+                    let snap = self.live.snapshot();
+                    let rate = snap.parsed.channel(channel).rate.as_ref()?;
+                    self.limits
+                        .limiter(channel, Some(rate.per_second), rate.burst)
+                })
+                .await;
             let share =
                 self.limits.current(channel).unwrap_or(0.0) / f64::from(self.live.instances());
             self.live.report(channel, |s| s.rate_per_second = share);
+            // Past this point another worker may take the entry over before our send could
+            // finish: give it back to the queue rather than risk sending it twice.
+            let deadline = self
+                .cfg
+                .claim_timeout
+                .0
+                .saturating_sub(self.cfg.request_timeout.0);
+            if claimed_at.elapsed() >= deadline {
+                telemetry::requeued(channel);
+                return (base(Disposition::Requeue, None), Vec::new());
+            }
         }
         let live: Vec<String> = all
             .iter()

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::model::Channel;
@@ -32,6 +33,8 @@ struct Bucket {
     /// This instance's share the limiter was built for.
     built_for: f64,
     limiter: Arc<DefaultDirectRateLimiter>,
+    /// When the limiter was last rebuilt.
+    built_at: Instant,
     last_decrease: Option<Instant>,
     last_update: Instant,
 }
@@ -40,6 +43,65 @@ struct Bucket {
 pub struct Limits {
     buckets: Mutex<HashMap<Channel, Bucket>>,
     instances: AtomicU32,
+    gates: Mutex<HashMap<Channel, Arc<Gate>>>,
+}
+
+/// The order in which one channel's sends take their turn at its limiter. A bare governor
+/// limiter is not fair: every waiter sleeps until the next cell and one wins, so with a dozen
+/// waiters one of them can lose for seconds — past the takeover time, after which another
+/// instance sends the same entry again. Here waiters queue first-come first-served on an async
+/// mutex (tokio's is FIFO), one lane per priority, and the waiter at the head of the normal
+/// lane takes a cell only while no HIGH send is waiting: HIGH never waits behind BULK.
+#[derive(Default)]
+pub struct Gate {
+    high: tokio::sync::Mutex<()>,
+    rest: tokio::sync::Mutex<()>,
+    high_waiting: AtomicU32,
+}
+
+/// Counts a HIGH waiter for as long as it lives.
+struct Waiting<'a>(&'a AtomicU32);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Gate {
+    /// Waits for this send's turn and a cell of the limiter `current` returns at that moment
+    /// (so a rate cut applies to sends already waiting). Returns at once when it returns None.
+    pub async fn pass<F>(&self, high: bool, current: F)
+    where
+        F: Fn() -> Option<Arc<DefaultDirectRateLimiter>>,
+    {
+        if high {
+            self.high_waiting.fetch_add(1, Ordering::AcqRel);
+            let _counted = Waiting(&self.high_waiting);
+            let _turn = self.high.lock().await;
+            if let Some(l) = current() {
+                l.until_ready().await;
+            }
+            return;
+        }
+        let _turn = self.rest.lock().await;
+        loop {
+            if self.high_waiting.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
+            }
+            let Some(l) = current() else { return };
+            match l.check() {
+                Ok(()) => return,
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(l.clock().now());
+                    // Short naps: a HIGH send arriving meanwhile goes first.
+                    let nap = wait.clamp(Duration::from_micros(200), Duration::from_millis(20));
+                    tokio::time::sleep(nap).await;
+                }
+            }
+        }
+    }
 }
 
 impl Default for Limits {
@@ -63,6 +125,15 @@ impl Limits {
         Self {
             buckets: Mutex::new(HashMap::new()),
             instances: AtomicU32::new(1),
+            gates: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The queue `channel`'s sends wait in for their cells.
+    pub fn gate(&self, channel: Channel) -> Arc<Gate> {
+        match self.gates.lock() {
+            Ok(mut g) => g.entry(channel).or_default().clone(),
+            Err(_) => Arc::new(Gate::default()),
         }
     }
 
@@ -96,6 +167,7 @@ impl Limits {
             safe: ceiling,
             built_for: 0.0,
             limiter: build(ceiling / instances, b),
+            built_at: now,
             last_decrease: None,
             last_update: now,
         });
@@ -122,8 +194,29 @@ impl Limits {
         // counts it (at very low rates, where that leaves too little, half the part is kept).
         let fair = bucket.current / instances;
         let share = ((fair - f64::from(b)) * 0.8).max(fair * 0.5);
-        if (share - bucket.built_for).abs() > share * 0.02 || bucket.burst != b {
-            bucket.limiter = build(share, b);
+        // governor's quota is fixed per limiter, so a new rate is a new limiter. A cut is
+        // rebuilt at once; a rise (recovery climbs continuously) at most once a second, since
+        // each rebuild restarts the cell clock. The new limiter starts as empty as the old one
+        // is now, so a rebuild is neither a free burst nor a lost cell.
+        let first = bucket.built_for == 0.0;
+        let lower = share < bucket.built_for * 0.98;
+        let higher = share > bucket.built_for * 1.02
+            && now.duration_since(bucket.built_at) >= Duration::from_secs(1);
+        if first || lower || higher || bucket.burst != b {
+            let fresh = build(share, b);
+            if !first {
+                let mut free = 0;
+                while free < b && bucket.limiter.check().is_ok() {
+                    free += 1;
+                }
+                for _ in free..b {
+                    if fresh.check().is_err() {
+                        break;
+                    }
+                }
+            }
+            bucket.limiter = fresh;
+            bucket.built_at = now;
             bucket.built_for = share;
             bucket.burst = b;
         }
@@ -192,6 +285,58 @@ mod tests {
             l.throttled(Channel::Messenger);
         }
         assert!(l.current(Channel::Messenger).expect("rate") >= 50.0 * FLOOR_SHARE);
+    }
+
+    #[tokio::test]
+    async fn the_gate_serves_in_order_and_high_first() {
+        let gate = Arc::new(Gate::default());
+        let lim = build(200.0, 1);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        let mut go = |label: usize, high: bool| {
+            let (gate, lim, order) = (gate.clone(), lim.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                gate.pass(high, || Some(lim.clone())).await;
+                if let Ok(mut o) = order.lock() {
+                    o.push(label);
+                }
+            }));
+        };
+        for i in 0..8 {
+            go(i, false);
+            tokio::task::yield_now().await;
+        }
+        go(100, true);
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let order = order.lock().expect("order").clone();
+        let high_at = order.iter().position(|l| *l == 100).expect("high passed");
+        assert!(
+            high_at <= 2,
+            "HIGH waited behind {high_at} others: {order:?}"
+        );
+        let rest: Vec<usize> = order.into_iter().filter(|l| *l != 100).collect();
+        assert_eq!(rest, (0..8).collect::<Vec<_>>(), "first come, first served");
+    }
+
+    #[tokio::test]
+    async fn the_gate_takes_the_limiter_in_force_when_the_turn_comes() {
+        // Waiting sends see a policy cut: the limiter is asked for at their turn.
+        let gate = Gate::default();
+        let calls = AtomicU32::new(0);
+        let lim = build(1000.0, 1);
+        for _ in 0..3 {
+            gate.pass(false, || {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Some(lim.clone())
+            })
+            .await;
+        }
+        assert!(calls.load(Ordering::Relaxed) >= 3);
+        // No rate in force: passes at once without a cell.
+        gate.pass(false, || None).await;
+        gate.pass(true, || None).await;
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub const PROMOTED: &str = "herald_promoted_total";
 pub const STORE_UP: &str = "herald_store_up";
 pub const SUPPRESSED: &str = "herald_suppressed_total";
 pub const REROUTED: &str = "herald_rerouted_total";
+/// Entries given back to their queue because their turn at the rate limiter came too late to
+/// send them before another worker could take them over.
+pub const REQUEUED: &str = "herald_requeued_total";
 pub const RATE: &str = "herald_rate_limit_per_second";
 pub const CIRCUIT: &str = "herald_circuit_open";
 pub const COST: &str = "herald_cost_micros_total";
@@ -78,6 +81,10 @@ fn describe() {
         "Platform receipts recorded, by channel and status."
     );
     metrics::describe_counter!(STORE_ERRORS, "Store operations that failed, by operation.");
+    metrics::describe_counter!(
+        REQUEUED,
+        "Entries given back to their queue: their limiter turn came too late to send safely."
+    );
     metrics::describe_counter!(PROMOTED, "Scheduled sends and retries moved to ready.");
     metrics::describe_gauge!(STORE_UP, "1 while the store answers, else 0.");
     metrics::describe_counter!(
@@ -150,6 +157,10 @@ pub fn circuit(channel: Channel, state: &'static str) {
 /// This instance's share of a channel's rate, after adaptation.
 pub fn rate(channel: Channel, per_second: f64) {
     metrics::gauge!(RATE, "channel" => channel.name()).set(per_second);
+}
+
+pub fn requeued(channel: Channel) {
+    metrics::counter!(REQUEUED, "channel" => channel.name()).increment(1);
 }
 
 pub fn rerouted(channel: Channel) {

@@ -307,13 +307,14 @@ impl Store for MemoryStore {
         _shard: u16,
         consumer: &str,
         count: usize,
+        last: Priority,
         reclaim_idle: Option<Duration>,
         now: Millis,
     ) -> Result<Vec<Claimed>, StoreError> {
         let mut g = self.lock()?;
         let g = &mut *g;
         let mut taken: Vec<(Priority, u64, String)> = Vec::new();
-        for p in Priority::ALL {
+        for p in Priority::ALL.iter().filter(|p| p.number() <= last.number()) {
             let Some(lane) = g.lanes.get_mut(&(channel, *p)) else {
                 continue;
             };

@@ -217,14 +217,17 @@ pub trait Store: Send + Sync + 'static {
     async fn enqueue(&self, batch: Vec<NewNotification>) -> Result<Vec<Enqueued>, StoreError>;
 
     /// Claims up to `count` ready entries of `channel` on `shard` for `consumer`, HIGH lane
-    /// first, marking them SENDING. With `reclaim_idle`, entries other consumers have held
-    /// longer than that are taken over first. Canceled and expired ones are finished inside.
+    /// first and no lane after `last` (`Priority::High`: the HIGH lane only), marking them
+    /// SENDING. With `reclaim_idle`, entries other consumers have held longer than that are
+    /// taken over first. Canceled and expired ones are finished inside.
+    #[allow(clippy::too_many_arguments)]
     async fn claim(
         &self,
         channel: Channel,
         shard: u16,
         consumer: &str,
         count: usize,
+        last: Priority,
         reclaim_idle: Option<Duration>,
         now: Millis,
     ) -> Result<Vec<Claimed>, StoreError>;

@@ -559,6 +559,7 @@ impl Store for RedisStore {
         shard: u16,
         consumer: &str,
         count: usize,
+        last: Priority,
         reclaim_idle: Option<Duration>,
         now: Millis,
     ) -> Result<Vec<Claimed>, StoreError> {
@@ -568,6 +569,7 @@ impl Store for RedisStore {
             arg(consumer),
             arg(count),
             arg(reclaim_idle.map(|d| d.as_millis()).unwrap_or(0)),
+            arg(last.number()),
         ]);
         let reply = self
             .run(vec![(

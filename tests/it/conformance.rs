@@ -94,7 +94,7 @@ async fn claim_all(store: &dyn Store, channel: Channel, consumer: &str) -> Vec<(
     let mut out = Vec::new();
     for s in 0..store.shards() {
         for c in store
-            .claim(channel, s, consumer, 100, None, now_ms())
+            .claim(channel, s, consumer, 100, Priority::Bulk, None, now_ms())
             .await
             .expect("claim")
         {
@@ -394,6 +394,7 @@ pub async fn takeover_of_abandoned_entries(s: Subject) {
             shard,
             "live-worker",
             10,
+            Priority::Bulk,
             Some(Duration::from_millis(20)),
             now_ms(),
         )
@@ -587,7 +588,15 @@ pub async fn priority_lanes(s: Subject) {
     }
     let high = enqueue(st, mk(Priority::High)).await;
     let got = st
-        .claim(Channel::Webhook, shard, "w", 1, None, now_ms())
+        .claim(
+            Channel::Webhook,
+            shard,
+            "w",
+            1,
+            Priority::Bulk,
+            None,
+            now_ms(),
+        )
         .await
         .expect("claim");
     assert_eq!(got.len(), 1);
@@ -595,6 +604,53 @@ pub async fn priority_lanes(s: Subject) {
         got[0].notification.id, high,
         "HIGH is claimed before BULK queued earlier"
     );
+    // The HIGH-only worker's claim leaves the other lanes alone, even with nothing in HIGH.
+    let none = st
+        .claim(
+            Channel::Webhook,
+            shard,
+            "h",
+            10,
+            Priority::High,
+            None,
+            now_ms(),
+        )
+        .await
+        .expect("claim");
+    assert!(
+        none.is_empty(),
+        "a HIGH-only claim took {} others",
+        none.len()
+    );
+    let high2 = enqueue(st, mk(Priority::High)).await;
+    enqueue(st, mk(Priority::Normal)).await;
+    let got = st
+        .claim(
+            Channel::Webhook,
+            shard,
+            "h",
+            10,
+            Priority::High,
+            None,
+            now_ms(),
+        )
+        .await
+        .expect("claim");
+    let ids: Vec<&str> = got.iter().map(|c| c.notification.id.as_str()).collect();
+    assert_eq!(ids, vec![high2.as_str()]);
+    let rest = st
+        .claim(
+            Channel::Webhook,
+            shard,
+            "w",
+            10,
+            Priority::Bulk,
+            None,
+            now_ms(),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(rest.len(), 4, "the three BULK and the NORMAL one");
 }
 
 pub async fn contact_state(s: Subject) {

@@ -1,8 +1,10 @@
 -- ARGV[4] = channel, ARGV[5] = consumer, ARGV[6] = how many, ARGV[7] = take over entries idle
--- this long (ms; 0 = no takeover). HIGH lane (1) first, then NORMAL (2), then BULK (3).
+-- this long (ms; 0 = no takeover), ARGV[8] = last lane to look at. HIGH lane (1) first, then
+-- NORMAL (2), then BULK (3).
 -- Returns {priority, entry id, record blob, route index, attempts, channel attempts} per claim;
 -- canceled and expired notifications are finished here and not returned.
 local ch, consumer, want, idle = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local last = tonumber(ARGV[8]) or 3
 local out = {}
 
 local function read(key, n)
@@ -20,7 +22,7 @@ local function read(key, n)
   return res[1][2]
 end
 
-for pr = 1, 3 do
+for pr = 1, last do
   if #out >= want then break end
   local key = P .. 'ready:' .. ch .. ':' .. pr
   local entries = {}
