@@ -102,6 +102,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         live.clone()
             .follow(cfg.policy.poll_interval.0, stop.clone()),
     );
+    if let Some(path) = &cfg.policy.file {
+        // The file is applied at start, whenever it changes, and on SIGHUP.
+        info!(path = %path.display(), "following the policy file");
+        tasks.push(crate::live::watch_file(
+            live.clone(),
+            path.clone(),
+            cfg.policy.file_check_interval.0,
+            stop.clone(),
+        ));
+    }
 
     let (receipt_sink, receipts_task) = receipts::spawn_writer(store.clone(), 65_536);
     tasks.push(receipts_task);

@@ -131,7 +131,10 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
+    /// A policy document applied at start, whenever it changes and on SIGHUP.
     pub file: Option<PathBuf>,
+    /// How often `file` is checked for a change (SIGHUP re-reads it at once).
+    pub file_check_interval: HumanDuration,
     /// How often every instance looks for a new policy version and for pauses.
     pub poll_interval: HumanDuration,
 }
@@ -140,6 +143,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             file: None,
+            file_check_interval: HumanDuration(Duration::from_secs(2)),
             poll_interval: HumanDuration(Duration::from_millis(500)),
         }
     }

@@ -268,3 +268,79 @@ async fn sigkill_mid_dispatch_loses_nothing() {
         "{duplicates} duplicates but only {in_flight} were in flight"
     );
 }
+
+#[tokio::test]
+async fn the_policy_file_applies_at_start_and_on_sighup_and_a_broken_one_is_refused() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("policy.toml");
+    let v1 = "[channels.sms]\nrate = { per_second = 60, burst = 1, scope = \"sender\" }\n";
+    let v2 = "[channels.sms]\nrate = { per_second = 50, burst = 1, scope = \"sender\" }\n";
+    std::fs::write(&path, v1).expect("write policy");
+    // The file is checked for changes only hourly here: what applies v2 is the SIGHUP.
+    let herald = HeraldProcess::spawn(&[
+        ("HERALD_REDIS__URL", redis.url()),
+        ("HERALD_POLICY__FILE", path.display().to_string()),
+        ("HERALD_POLICY__FILE_CHECK_INTERVAL", "1h".to_string()),
+    ]);
+    let admin = proto::admin_client::AdminClient::connect(herald.url())
+        .await
+        .expect("admin");
+    let policy = |admin: &proto::admin_client::AdminClient<tonic::transport::Channel>| {
+        let mut a = admin.clone();
+        async move {
+            a.get_policy(proto::GetPolicyRequest {})
+                .await
+                .expect("get policy")
+                .into_inner()
+        }
+    };
+    let first = crate::harness::eventually(Duration::from_secs(10), || async {
+        let p = policy(&admin).await;
+        (p.version == 1).then_some(p)
+    })
+    .await
+    .expect("the file is applied at start");
+    assert_eq!(first.document, v1);
+    let author = first
+        .history
+        .iter()
+        .find(|h| h.version == 1)
+        .map(|h| h.author.clone());
+    assert_eq!(author, Some(format!("file:{}", path.display())));
+
+    let hup = |pid: u32| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill -HUP")
+            .success();
+        assert!(ok, "kill -HUP {pid}");
+    };
+    std::fs::write(&path, v2).expect("write policy");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(policy(&admin).await.version, 1, "no SIGHUP yet");
+    hup(herald.child.id());
+    let second = crate::harness::eventually(Duration::from_secs(10), || async {
+        let p = policy(&admin).await;
+        (p.version == 2).then_some(p)
+    })
+    .await
+    .expect("SIGHUP applies the edited file");
+    assert_eq!(second.document, v2);
+    let diff = second
+        .history
+        .iter()
+        .find(|h| h.version == 2)
+        .map(|h| h.diff.clone())
+        .unwrap_or_default();
+    assert!(diff.contains("channels.sms.rate.per_second"), "{diff}");
+
+    // A broken file is refused (the key named in the log); the version in force stays.
+    std::fs::write(&path, "[channels.sms]\nrate = { per_second = -5 }\n").expect("write");
+    hup(herald.child.id());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = policy(&admin).await;
+    assert_eq!(after.version, 2);
+    assert_eq!(after.document, v2);
+}
