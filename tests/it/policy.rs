@@ -811,3 +811,96 @@ async fn high_priority_does_not_wait_behind_a_bulk_drain() {
         pos - before.min(pos)
     );
 }
+
+#[tokio::test]
+async fn a_budget_is_overspent_by_no_more_than_the_notifications_in_flight() {
+    // Three instances, one shard, batches of 2: at most 3 instances × 2 = 6 notifications of
+    // one lane are decided at once against the same spent amount.
+    let redis = RedisServer::start();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        let mut cfg = test_config(Some(redis.url()));
+        cfg.redis.shards = 1;
+        cfg.dispatch.batch_size = 2;
+        instances.push(Herald::start(cfg).await);
+    }
+    let in_flight = 3 * 2;
+    let mut a = admin(&instances[0]).await;
+    apply(
+        &mut a,
+        r#"
+[channels.sandbox]
+price = { currency = "USD", per_message = { marketing = 0.01 } }
+
+[[budgets]]
+scope = "campaign"
+id = "flash"
+daily = 0.10
+currency = "USD"
+"#,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let total = 60;
+    let mut ids = Vec::new();
+    for (chunk, h) in instances.iter().enumerate() {
+        let items: Vec<proto::SendRequest> = (0..total / 3)
+            .map(|i| {
+                let mut r =
+                    sandbox_request(&format!("contact-{chunk}-{i}"), proto::Category::Marketing);
+                r.campaign_id = "flash".into();
+                r
+            })
+            .collect();
+        let res = h
+            .client()
+            .send_batch(proto::SendBatchRequest { items })
+            .await
+            .expect("batch")
+            .into_inner();
+        ids.extend(res.results.into_iter().filter_map(|r| match r.result {
+            Some(proto::send_batch_result::Result::Ok(ok)) => Some(ok.notification_id),
+            _ => None,
+        }));
+    }
+    assert_eq!(ids.len(), total);
+    // Everything settles: sent (and read), or deferred to tomorrow's budget.
+    let mut sent = 0;
+    let mut deferred = 0;
+    for id in &ids {
+        let n = crate::harness::eventually(Duration::from_secs(20), || async {
+            let n = instances[1].get(id).await;
+            (n.status == READ || n.status == proto::Status::Retrying as i32).then_some(n)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{id} did not settle"));
+        if n.status == READ {
+            sent += 1;
+        } else {
+            assert!(n.attempts.is_empty(), "{n:?}");
+            deferred += 1;
+        }
+    }
+    println!(
+        "budget of 10 sends: {sent} sent, {deferred} deferred (in flight at most {in_flight})"
+    );
+    assert!(sent >= 10, "the budget was used: {sent} sent");
+    assert!(
+        sent <= 10 + in_flight,
+        "{sent} sent: overspent by more than the {in_flight} in flight"
+    );
+    let spent = instances[2]
+        .client()
+        .get_campaign(proto::GetCampaignRequest {
+            campaign_id: "flash".into(),
+        })
+        .await
+        .expect("campaign")
+        .into_inner();
+    // The campaign's recorded cost is exactly what was sent.
+    assert_eq!(
+        spent.cost.map(|c| c.micros),
+        Some(sent as i64 * 10_000),
+        "campaign cost"
+    );
+}
