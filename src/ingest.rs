@@ -8,8 +8,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::IngestConfig;
 use crate::model::{
-    fnv1a, make_id, now_ms, Category, Channel, Content, Millis, Notification, Priority, Recipient,
-    Status,
+    fnv1a, make_id_at, now_ms, Category, Channel, Content, Millis, Notification, Priority,
+    Recipient, Status,
 };
 use crate::store::{Enqueued, IdemKey, NewNotification, Store, StoreError};
 use crate::telemetry;
@@ -229,7 +229,7 @@ impl Ingest {
             key,
             fingerprint: fingerprint(&n),
         });
-        n.id = make_id(shard);
+        n.id = make_id_at(shard, now);
         n.created_at = now;
         if n.encode().len() > self.cfg.max_notification_bytes {
             return Err(FieldViolation::new(

@@ -591,6 +591,12 @@ pub fn make_id(shard: u16) -> String {
     format!("{}-{}", ulid::Ulid::new(), shard)
 }
 
+/// An id made at `at` (ms): its ULID carries that time, so a record need not store it twice.
+pub fn make_id_at(shard: u16, at: Millis) -> String {
+    let at = u64::try_from(at).unwrap_or(0);
+    format!("{}-{}", ulid::Ulid::from_parts(at, rand::random()), shard)
+}
+
 /// The shard encoded in an id, if the id is well formed.
 pub fn shard_of(id: &str) -> Option<u16> {
     let (u, s) = id.rsplit_once('-')?;

@@ -16,8 +16,8 @@ use super::{
 };
 use crate::config::RedisConfig;
 use crate::model::{
-    shard_of, AttemptRecord, Channel, ContactChange, ContactKey, ContactState, ErrorClass, Millis,
-    Notification, Priority, ProviderReceipt, Receipt, Status,
+    shard_of, AttemptRecord, Channel, ContactChange, ContactKey, ContactState, Content, ErrorClass,
+    Millis, Notification, Priority, ProviderReceipt, Receipt, Status,
 };
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
@@ -180,6 +180,79 @@ pub struct RedisStore {
     wait_replicas: u32,
     wait_timeout_ms: u64,
     timeout: Duration,
+    /// Campaign content by hash: immutable, so cached for good (bounded).
+    contents: std::sync::Mutex<HashMap<String, std::sync::Arc<Content>>>,
+}
+
+/// Content cached in process at most (then the cache starts over).
+const CONTENT_CACHE: usize = 4096;
+/// How long shared content outlives the time its notifications are due: the retention of
+/// finished records plus a week for retries, waits and fallbacks.
+const CONTENT_MARGIN_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// What a record's `d` field holds: the notification without what its key and other fields
+/// say already (id, campaign) and, for a campaign's notifications, without the content, which
+/// is kept once per shard under `cn:<hash>` (returned here with its hash). Small records stay
+/// in Redis's compact hash encoding.
+fn stored_record(n: &Notification) -> (Vec<u8>, Option<(String, Vec<u8>)>) {
+    use sha2::Digest;
+    let mut slim = n.clone();
+    slim.id.clear();
+    slim.campaign_id.clear();
+    if id_time(&n.id) == Some(n.created_at) {
+        slim.created_at = 0;
+    }
+    let shared = if n.campaign_id.is_empty() {
+        None
+    } else {
+        let content = std::mem::take(&mut slim.content);
+        // Plain structs of strings and maps always serialize.
+        let blob = rmp_serde::to_vec(&content).unwrap_or_default();
+        let digest = sha2::Sha256::digest(&blob);
+        let hash: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        Some((hash, blob))
+    };
+    (slim.encode(), shared)
+}
+
+/// The time a notification id (`<ULID>-<shard>`) was made at, in ms.
+fn id_time(id: &str) -> Option<Millis> {
+    let u = id.get(..26)?;
+    let t = ulid::Ulid::from_string(u).ok()?.timestamp_ms();
+    Millis::try_from(t).ok()
+}
+
+/// A notification from its record: `blob` (see `stored_record`), its id, campaign and shared
+/// content. Content that is gone (kept far past any retry) makes it expired, never sent.
+fn restore(
+    id: &str,
+    blob: &[u8],
+    campaign: &str,
+    content_hash: &str,
+    contents: &HashMap<String, std::sync::Arc<Content>>,
+) -> Result<Notification, StoreError> {
+    let mut n = Notification::decode(blob).map_err(StoreError::Internal)?;
+    n.id = id.to_string();
+    if n.created_at == 0 {
+        n.created_at = id_time(id).unwrap_or(0);
+    }
+    if n.campaign_id.is_empty() {
+        n.campaign_id = campaign.to_string();
+    }
+    if !content_hash.is_empty() {
+        match contents.get(content_hash) {
+            Some(c) => n.content = Content::clone(c),
+            None => {
+                tracing::warn!(
+                    id,
+                    content = content_hash,
+                    "shared content is gone; the notification expires"
+                );
+                n.expire_at = 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 fn map_err(e: RedisError) -> StoreError {
@@ -293,6 +366,7 @@ impl RedisStore {
             wait_replicas: cfg.wait_replicas,
             wait_timeout_ms: cfg.wait_timeout.0.as_millis() as u64,
             timeout,
+            contents: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -370,6 +444,59 @@ impl RedisStore {
             }
         }
         Ok(out)
+    }
+
+    /// The shared contents named by `hashes` (empty ones skipped): from the process cache,
+    /// the rest in one round trip. One missing from Redis too is left out.
+    async fn contents(
+        &self,
+        shard: u16,
+        hashes: &[String],
+    ) -> Result<HashMap<String, std::sync::Arc<Content>>, StoreError> {
+        let mut found = HashMap::new();
+        let mut missing: Vec<&String> = Vec::new();
+        {
+            let cache = self
+                .contents
+                .lock()
+                .map_err(|_| StoreError::Internal("content cache poisoned".into()))?;
+            for h in hashes {
+                if h.is_empty() || found.contains_key(h) || missing.contains(&h) {
+                    continue;
+                }
+                match cache.get(h) {
+                    Some(c) => {
+                        found.insert(h.clone(), c.clone());
+                    }
+                    None => missing.push(h),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let mut p = redis::pipe();
+        for h in &missing {
+            p.cmd("GET").arg(format!("{}cn:{h}", prefix(shard)));
+        }
+        let blobs = self.query(&p).await?;
+        let mut cache = self
+            .contents
+            .lock()
+            .map_err(|_| StoreError::Internal("content cache poisoned".into()))?;
+        if cache.len() + missing.len() > CONTENT_CACHE {
+            cache.clear();
+        }
+        for (h, v) in missing.into_iter().zip(blobs) {
+            let blob: Option<Vec<u8>> = parse(v)?;
+            let Some(blob) = blob else { continue };
+            let content: Content = rmp_serde::from_slice(&blob)
+                .map_err(|e| StoreError::Internal(format!("corrupt content {h}: {e}")))?;
+            let content = std::sync::Arc::new(content);
+            cache.insert(h.clone(), content.clone());
+            found.insert(h.clone(), content);
+        }
+        Ok(found)
     }
 
     fn common_args(&self, now: Millis) -> Vec<Vec<u8>> {
@@ -497,6 +624,7 @@ impl Store for RedisStore {
             let mut args = self.common_args(now);
             args.push(arg(self.idem_ttl_ms));
             let mut idx = Vec::with_capacity(items.len());
+            let mut sent_content: Vec<String> = Vec::new();
             for (i, item) in items {
                 let n = &item.notification;
                 let first = n.route.first().copied().ok_or_else(|| {
@@ -514,17 +642,35 @@ impl Store for RedisStore {
                 } else {
                     rmp_serde::to_vec(&n.labels).unwrap_or_default()
                 };
+                let (record, shared) = stored_record(n);
+                let (chash, cblob, cttl) = match shared {
+                    Some((hash, blob)) => {
+                        // The content goes once per batch and shard; the others name it.
+                        let first_use = !sent_content.contains(&hash);
+                        let ttl = (n.send_at - now).max(0) + self.retention_ms + CONTENT_MARGIN_MS;
+                        if first_use {
+                            sent_content.push(hash.clone());
+                            (hash, blob, ttl)
+                        } else {
+                            (hash, Vec::new(), ttl)
+                        }
+                    }
+                    None => (String::new(), Vec::new(), 0),
+                };
                 args.extend([
                     arg(&n.id),
                     arg(ik),
                     arg(fp),
-                    n.encode(),
+                    record,
                     arg(first.name()),
                     arg(n.priority.number()),
                     arg(n.send_at),
                     arg(n.expire_at),
                     arg(&n.campaign_id),
                     labels,
+                    arg(chash),
+                    cblob,
+                    arg(cttl),
                 ]);
                 idx.push(*i);
             }
@@ -580,10 +726,23 @@ impl Store for RedisStore {
             .await?
             .pop()
             .unwrap_or(Value::Nil);
-        let rows: Vec<(u8, String, Vec<u8>, String, String, String)> = parse(reply)?;
+        type Row = (
+            u8,
+            String,
+            Vec<u8>,
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+        );
+        let rows: Vec<Row> = parse(reply)?;
+        let hashes: Vec<String> = rows.iter().map(|r| r.6.clone()).collect();
+        let contents = self.contents(shard, &hashes).await?;
         let mut out = Vec::with_capacity(rows.len());
-        for (p, eid, blob, ri, a, ca) in rows {
-            let notification = Notification::decode(&blob).map_err(StoreError::Internal)?;
+        for (p, eid, blob, ri, a, ca, cn, id, cmp) in rows {
+            let notification = restore(&id, &blob, &cmp, &cn, &contents)?;
             out.push(Claimed {
                 entry: EntryRef {
                     priority: Priority::from_number(p).unwrap_or(Priority::Normal),
@@ -980,7 +1139,10 @@ impl Store for RedisStore {
         let Some(blob) = rec.get("d").map(bytes) else {
             return Ok(None);
         };
-        let notification = Notification::decode(&blob).map_err(StoreError::Internal)?;
+        let cn = rec.get("cn").map(text).unwrap_or_default();
+        let cmp = rec.get("cmp").map(text).unwrap_or_default();
+        let contents = self.contents(shard, std::slice::from_ref(&cn)).await?;
+        let notification = restore(id, &blob, &cmp, &cn, &contents)?;
         let status = status_of(rec.get("s")).unwrap_or(Status::Accepted);
         let channel = rec.get("c").and_then(|v| Channel::from_name(&text(v)));
         let mut attempts = Vec::new();
@@ -1317,13 +1479,23 @@ impl Store for RedisStore {
             p.cmd("HMGET")
                 .arg(format!("{}n:{id}", prefix(*s)))
                 .arg("d")
-                .arg("ri");
+                .arg("ri")
+                .arg("cn")
+                .arg("cmp");
         }
         let mut out = Vec::with_capacity(ids.len());
-        for v in self.query(&p).await? {
-            let (blob, ri): (Option<Vec<u8>>, Option<String>) = parse(v)?;
+        for (v, (s, id)) in self.query(&p).await?.into_iter().zip(&ids) {
+            type Row = (
+                Option<Vec<u8>>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            );
+            let (blob, ri, cn, cmp): Row = parse(v)?;
             if let Some(blob) = blob {
-                let n = Notification::decode(&blob).map_err(StoreError::Internal)?;
+                let cn = cn.unwrap_or_default();
+                let contents = self.contents(*s, std::slice::from_ref(&cn)).await?;
+                let n = restore(id, &blob, &cmp.unwrap_or_default(), &cn, &contents)?;
                 out.push((n, ri.and_then(|r| r.parse().ok()).unwrap_or(0)));
             }
         }

@@ -3,6 +3,7 @@
 
 mod conformance;
 mod e2e;
+mod footprint;
 mod harness;
 mod platform_apns;
 mod platform_email;

@@ -1,15 +1,19 @@
--- ARGV[4] = idempotency TTL (ms); then 10 per item:
+-- ARGV[4] = idempotency TTL (ms); then 13 per item:
 -- id, idem key ('' = none), fingerprint, record blob, first channel, priority, due (ms),
--- expire_at (ms), campaign, labels blob.
+-- expire_at (ms), campaign, labels blob, shared content hash ('' = content in the record),
+-- content blob ('' = sent with an earlier item), content TTL (ms).
+-- Fields with their default value (0, '') are not written: readers treat absent as default,
+-- and small records stay in Redis's compact hash encoding.
 -- Returns per item {kind, id, status}: kind ok | dup | conflict.
 local ittl = ARGV[4]
 local out = {}
 local i = 5
-while i + 9 <= #ARGV do
+while i + 12 <= #ARGV do
   local id, idem, fp, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local ch, pr, due, exp = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]), ARGV[i + 7]
   local cmp, lb = ARGV[i + 8], ARGV[i + 9]
-  i = i + 10
+  local cn, cblob, cttl = ARGV[i + 10], ARGV[i + 11], ARGV[i + 12]
+  i = i + 13
   local done = false
   if idem ~= '' then
     local ik = P .. 'idem:' .. idem
@@ -31,8 +35,21 @@ while i + 9 <= #ARGV do
   if not done then
     local st = 3
     if due > NOW then st = 2 end
-    redis.call('HSET', P .. 'n:' .. id, 'd', blob, 's', st, 'c', ch, 'p', pr, 'ri', 0,
-      'a', 0, 'ca', 0, 'cmp', cmp, 'exp', exp, 'lb', lb)
+    local rk = P .. 'n:' .. id
+    redis.call('HSET', rk, 'd', blob, 's', st, 'c', ch, 'p', pr)
+    if cmp ~= '' then redis.call('HSET', rk, 'cmp', cmp) end
+    if exp ~= '0' and exp ~= '' then redis.call('HSET', rk, 'exp', exp) end
+    if lb ~= '' then redis.call('HSET', rk, 'lb', lb) end
+    if cn ~= '' then
+      redis.call('HSET', rk, 'cn', cn)
+      local ck = P .. 'cn:' .. cn
+      if cblob ~= '' then
+        -- Written once; every later use only makes it live long enough.
+        if not redis.call('SET', ck, cblob, 'NX', 'PX', cttl) then
+          redis.call('PEXPIRE', ck, cttl, 'GT')
+        end
+      end
+    end
     if st == 2 then
       redis.call('ZADD', P .. 'delayed', due, id)
     else
