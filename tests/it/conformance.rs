@@ -649,8 +649,8 @@ pub async fn priority_lanes(s: Subject) {
         "HIGH is claimed before BULK queued earlier"
     );
     // The HIGH-only worker's claim leaves the other lanes alone, even with nothing in HIGH.
-    let none = st
-        .claim(
+    let claim_high = || async {
+        st.claim(
             Channel::Webhook,
             shard,
             "h",
@@ -660,7 +660,9 @@ pub async fn priority_lanes(s: Subject) {
             now_ms(),
         )
         .await
-        .expect("claim");
+        .expect("claim")
+    };
+    let none = claim_high().await;
     assert!(
         none.is_empty(),
         "a HIGH-only claim took {} others",
@@ -668,18 +670,7 @@ pub async fn priority_lanes(s: Subject) {
     );
     let high2 = enqueue(st, mk(Priority::High)).await;
     enqueue(st, mk(Priority::Normal)).await;
-    let got = st
-        .claim(
-            Channel::Webhook,
-            shard,
-            "h",
-            10,
-            Priority::High,
-            None,
-            now_ms(),
-        )
-        .await
-        .expect("claim");
+    let got = claim_high().await;
     let ids: Vec<&str> = got.iter().map(|c| c.notification.id.as_str()).collect();
     assert_eq!(ids, vec![high2.as_str()]);
     let rest = st
