@@ -415,7 +415,8 @@ impl AdminService {
 impl AdminService {
     /// What applying `new` instead of `old` would do to what is waiting now: each waiting
     /// notification (up to 10,000) is decided under both with its contact state; budgets
-    /// spent and frequency counts are not loaded, and SMS counts one segment.
+    /// spent and frequency counts are not loaded (the impact of budgets and caps is not
+    /// predicted); SMS is priced by its segments as dispatch prices it.
     async fn impact(&self, old: &Policy, new: &Policy) -> Result<proto::PolicyImpact, Status> {
         let waiting = self.store.waiting(10_000).await.map_err(store_status)?;
         let route_of = |n: &crate::model::Notification| {
@@ -444,7 +445,10 @@ impl AdminService {
             let mut ctx = RouteContext {
                 start_index: *ri,
                 paused: paused.clone(),
-                sms_segments: 1,
+                sms_segments: crate::channels::sms::count_segments(
+                    &crate::channels::sms::message_text(n),
+                )
+                .segments as u32,
                 ..Default::default()
             };
             for ch in route_of(n) {

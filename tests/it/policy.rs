@@ -904,3 +904,40 @@ currency = "USD"
         "campaign cost"
     );
 }
+
+#[tokio::test]
+async fn a_dry_run_prices_sms_by_its_segments() {
+    let s = stack(MockConfig::default(), |cfg, mock| {
+        cfg.channels.sms = mock_channels(mock).sms;
+    })
+    .await;
+    let mut a = admin(&s.herald).await;
+    // 200 GSM-7 characters: two segments of 153. 100 characters with an emoji (UCS-2): two
+    // segments of 67.
+    let texts = ["a".repeat(200), format!("{}🙂", "b".repeat(98))];
+    for (i, text) in texts.iter().enumerate() {
+        let mut r = sms_batch("+1415999", 2).remove(i);
+        if let Some(c) = r.content.as_mut() {
+            c.body = text.clone();
+        }
+        // Scheduled a minute out: waiting when the dry run looks.
+        r.send_at = Some(ts_in(60_000));
+        s.herald.client().send(r).await.expect("send");
+    }
+    let dry = a
+        .apply_policy(proto::ApplyPolicyRequest {
+            document: "[channels.sms]\nprice = { currency = \"USD\", per_segment = { default = 0.0079 } }\n".into(),
+            dry_run: true,
+            expected_version: 0,
+            author: "test".into(),
+        })
+        .await
+        .expect("dry run")
+        .into_inner();
+    let impact = dry.impact.expect("impact");
+    assert_eq!(impact.cost_delta_micros, 4 * 7_900, "{impact:?}");
+    assert!(
+        s.mock.mock.ledger("twilio").is_empty(),
+        "nothing sent while paused"
+    );
+}
