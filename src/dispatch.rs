@@ -194,7 +194,11 @@ impl Dispatcher {
         // Everything the policy needs, loaded for the whole batch: contact state (dead, opted
         // out, last inbound) of every address on every channel still ahead in each route,
         // budgets spent today, and recent sends for frequency caps.
-        let usage = match self.load_usage(&batch, &snap.parsed).await {
+        let items: Vec<(&Notification, usize)> = batch
+            .iter()
+            .map(|c| (&c.notification, c.route_index))
+            .collect();
+        let usage = match load_usage(&*self.store, &items, &snap.parsed).await {
             Ok(u) => u,
             Err(e) => {
                 // Without it opted-out addresses could be messaged or budgets overspent: send
@@ -255,61 +259,6 @@ impl Dispatcher {
                 }
             }
         }
-    }
-
-    /// Loads, in three round trips at most, what the policy decides with.
-    async fn load_usage(&self, batch: &[Claimed], policy: &Policy) -> Result<Usage, StoreError> {
-        let mut keys = Vec::new();
-        for c in batch {
-            let n = &c.notification;
-            for ch in n.route.iter().skip(c.route_index) {
-                if *ch == Channel::Sandbox {
-                    continue;
-                }
-                keys.extend(
-                    n.recipient
-                        .addresses(*ch)
-                        .into_iter()
-                        .map(|a| ContactKey::new(*ch, a)),
-                );
-            }
-        }
-        keys.sort();
-        keys.dedup();
-        let states = self.store.contacts(&keys).await?;
-        let day = utc_day(now_ms());
-        let mut budget_keys: Vec<String> = batch
-            .iter()
-            .flat_map(|c| {
-                policy
-                    .budgets_for(&c.notification)
-                    .map(|b| budget_key(b, &day))
-            })
-            .collect();
-        budget_keys.sort();
-        budget_keys.dedup();
-        let spent = self.store.budget_spent(&budget_keys).await?;
-        let now = now_ms();
-        let mut recent_keys: Vec<(String, Duration)> = Vec::new();
-        for c in batch {
-            let n = &c.notification;
-            for w in policy.frequency_windows(n.category) {
-                recent_keys.push((recent_key(n), w));
-            }
-        }
-        recent_keys.sort();
-        recent_keys.dedup();
-        let since: Vec<(String, Millis)> = recent_keys
-            .iter()
-            .map(|(k, w)| (k.clone(), now - w.as_millis() as Millis))
-            .collect();
-        let recent = self.store.recent_sends(&since).await?;
-        Ok(Usage {
-            contacts: keys.into_iter().zip(states).collect(),
-            spent: budget_keys.into_iter().zip(spent).collect(),
-            recent: recent_keys.into_iter().zip(recent).collect(),
-            day,
-        })
     }
 
     async fn attempt(
@@ -662,13 +611,34 @@ impl Dispatcher {
 }
 
 /// What the policy needs for a batch, loaded in one go.
-struct Usage {
+pub(crate) struct Usage {
     contacts: HashMap<ContactKey, ContactState>,
     spent: HashMap<String, i64>,
     /// (who and category, cap window) → sends within it.
     recent: HashMap<(String, Duration), u64>,
     /// The UTC day budgets are counted for (`YYYYMMDD`).
     day: String,
+}
+
+impl Usage {
+    /// Counts a decided send against the budgets and frequency caps it uses, as finishing it
+    /// would: for predicting what a run of decisions does.
+    pub(crate) fn charge(&mut self, n: &Notification, d: &Decision, policy: &Policy) {
+        let Decision::Send {
+            price_micros,
+            currency,
+            ..
+        } = d
+        else {
+            return;
+        };
+        for b in policy.budgets_for(n).filter(|b| &b.currency == currency) {
+            *self.spent.entry(budget_key(b, &self.day)).or_insert(0) += price_micros;
+        }
+        for w in policy.frequency_windows(n.category) {
+            *self.recent.entry((recent_key(n), w)).or_insert(0) += 1;
+        }
+    }
 }
 
 /// `YYYYMMDD` of the UTC day `ms` falls in.
@@ -697,16 +667,81 @@ fn recent_key(n: &Notification) -> String {
     format!("{who}:{}", n.category.name())
 }
 
+/// Loads, in three round trips at most, what the policy decides with for `items`
+/// (notification, index in its route of the channel it is queued for).
+pub(crate) async fn load_usage(
+    store: &dyn Store,
+    items: &[(&Notification, usize)],
+    policy: &Policy,
+) -> Result<Usage, StoreError> {
+    let mut keys = Vec::new();
+    for (n, route_index) in items {
+        for ch in n.route.iter().skip(*route_index) {
+            if *ch == Channel::Sandbox {
+                continue;
+            }
+            keys.extend(
+                n.recipient
+                    .addresses(*ch)
+                    .into_iter()
+                    .map(|a| ContactKey::new(*ch, a)),
+            );
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    let states = store.contacts(&keys).await?;
+    let day = utc_day(now_ms());
+    let mut budget_keys: Vec<String> = items
+        .iter()
+        .flat_map(|(n, _)| policy.budgets_for(n).map(|b| budget_key(b, &day)))
+        .collect();
+    budget_keys.sort();
+    budget_keys.dedup();
+    let spent = store.budget_spent(&budget_keys).await?;
+    let now = now_ms();
+    let mut recent_keys: Vec<(String, Duration)> = Vec::new();
+    for (n, _) in items {
+        for w in policy.frequency_windows(n.category) {
+            recent_keys.push((recent_key(n), w));
+        }
+    }
+    recent_keys.sort();
+    recent_keys.dedup();
+    let since: Vec<(String, Millis)> = recent_keys
+        .iter()
+        .map(|(k, w)| (k.clone(), now - w.as_millis() as Millis))
+        .collect();
+    let recent = store.recent_sends(&since).await?;
+    Ok(Usage {
+        contacts: keys.into_iter().zip(states).collect(),
+        spent: budget_keys.into_iter().zip(spent).collect(),
+        recent: recent_keys.into_iter().zip(recent).collect(),
+        day,
+    })
+}
+
 /// The policy's view of one claimed notification.
 fn route_context(c: &Claimed, usage: &Usage, snap: &Snapshot, policy: &Policy) -> RouteContext {
-    let n = &c.notification;
+    let paused = snap.paused.keys().copied().collect();
+    route_context_for(&c.notification, c.route_index, usage, paused, policy)
+}
+
+/// The policy's view of `n`, queued for the channel at `route_index` of its route.
+pub(crate) fn route_context_for(
+    n: &Notification,
+    route_index: usize,
+    usage: &Usage,
+    paused: std::collections::BTreeSet<Channel>,
+    policy: &Policy,
+) -> RouteContext {
     let mut ctx = RouteContext {
-        start_index: c.route_index,
-        paused: snap.paused.keys().copied().collect(),
+        start_index: route_index,
+        paused,
         sms_segments: sms::count_segments(&sms::message_text(n)).segments as u32,
         ..Default::default()
     };
-    for ch in n.route.iter().skip(c.route_index) {
+    for ch in n.route.iter().skip(route_index) {
         let states = n.recipient.addresses(*ch).into_iter().map(|a| {
             usage
                 .contacts

@@ -19,11 +19,12 @@ use self::convert::{
     campaign_to_proto, channel_from_proto, channel_to_proto, draft_from_proto,
     notification_to_proto, receipt_to_proto, status_from_proto, status_to_proto,
 };
+use crate::dispatch::route_context_for;
 use crate::ingest::{Accepted, FieldViolation, Ingest, IngestError};
 use crate::live::Live;
+use crate::model::Channel;
 use crate::model::{now_ms, shard_of};
-use crate::model::{Channel, ContactKey, ContactState};
-use crate::policy::{combine_contact_states, Decision, Policy, RouteContext};
+use crate::policy::{Decision, Policy};
 use crate::proto;
 use crate::store::PolicyApplied;
 use crate::store::{CancelTarget, Store, StoreError};
@@ -414,54 +415,33 @@ impl AdminService {
 
 impl AdminService {
     /// What applying `new` instead of `old` would do to what is waiting now: each waiting
-    /// notification (up to 10,000) is decided under both with its contact state; budgets
-    /// spent and frequency counts are not loaded (the impact of budgets and caps is not
-    /// predicted); SMS is priced by its segments as dispatch prices it.
+    /// notification (up to 10,000, in queue order) is decided under both as dispatch would,
+    /// with its contact state, the budgets spent and the frequency counts, each charged with
+    /// the decisions before it; SMS is priced by its segments.
     async fn impact(&self, old: &Policy, new: &Policy) -> Result<proto::PolicyImpact, Status> {
         let waiting = self.store.waiting(10_000).await.map_err(store_status)?;
-        let route_of = |n: &crate::model::Notification| {
-            if n.route.is_empty() {
-                new.routing.default_route.clone()
-            } else {
-                n.route.clone()
-            }
-        };
-        let mut keys = Vec::new();
-        for (n, _) in &waiting {
-            for ch in route_of(n) {
-                for a in n.recipient.addresses(ch) {
-                    keys.push(ContactKey::new(ch, a));
-                }
-            }
-        }
-        let states = self.store.contacts(&keys).await.map_err(store_status)?;
-        let by_key: std::collections::HashMap<ContactKey, ContactState> =
-            keys.into_iter().zip(states).collect();
+        let items: Vec<(&crate::model::Notification, usize)> =
+            waiting.iter().map(|(n, ri)| (n, *ri)).collect();
+        let store = &*self.store;
+        let mut before_usage = crate::dispatch::load_usage(store, &items, old)
+            .await
+            .map_err(store_status)?;
+        let mut after_usage = crate::dispatch::load_usage(store, &items, new)
+            .await
+            .map_err(store_status)?;
         let paused: std::collections::BTreeSet<Channel> =
             self.live.snapshot().paused.keys().copied().collect();
         let now = crate::model::now_ms();
         let mut impact = proto::PolicyImpact::default();
         for (n, ri) in &waiting {
-            let mut ctx = RouteContext {
-                start_index: *ri,
-                paused: paused.clone(),
-                sms_segments: crate::channels::sms::count_segments(
-                    &crate::channels::sms::message_text(n),
-                )
-                .segments as u32,
-                ..Default::default()
-            };
-            for ch in route_of(n) {
-                let states = n.recipient.addresses(ch).into_iter().map(|a| {
-                    by_key
-                        .get(&ContactKey::new(ch, a))
-                        .copied()
-                        .unwrap_or_default()
-                });
-                ctx.contacts.insert(ch, combine_contact_states(states));
-            }
+            // Each is decided as dispatch would, after those before it were charged to the
+            // budgets and caps they use.
+            let ctx = route_context_for(n, *ri, &before_usage, paused.clone(), old);
             let before = crate::policy::route(n, &ctx, old, now);
+            let ctx = route_context_for(n, *ri, &after_usage, paused.clone(), new);
             let after = crate::policy::route(n, &ctx, new, now);
+            before_usage.charge(n, &before, old);
+            after_usage.charge(n, &after, new);
             let price = |d: &Decision| match d {
                 Decision::Send { price_micros, .. } => *price_micros,
                 _ => 0,
