@@ -79,6 +79,22 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    // What dispatch does now: its turn at the channel's gate (FIFO, HIGH first), then a cell.
+    g.bench_function("gate_pass_uncontended", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let gate = limits.gate(Channel::Messenger);
+                let start = Instant::now();
+                for _ in 0..iters {
+                    gate.pass(black_box(false), || {
+                        limits.limiter(Channel::Messenger, Some(UNREACHABLE), Some(BURST))
+                    })
+                    .await;
+                }
+                start.elapsed()
+            })
+        })
+    });
     g.finish();
 }
 

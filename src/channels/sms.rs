@@ -86,8 +86,29 @@ const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\u{
 /// The GSM 03.38 extension table: each is sent as ESC + code, so it takes two septets.
 const GSM7_EXTENSION: &str = "\u{0c}^{}\\[~]|€";
 
+/// Septets of each ASCII character (0: not in GSM-7), from the tables above: most text is
+/// ASCII, and a lookup beats scanning the alphabet for every character.
+static GSM7_ASCII: std::sync::LazyLock<[u8; 128]> = std::sync::LazyLock::new(|| {
+    let mut t = [0u8; 128];
+    for (i, slot) in t.iter_mut().enumerate() {
+        let c = char::from(i as u8);
+        *slot = gsm7_septets_slow(c).map_or(0, |n| n as u8);
+    }
+    t
+});
+
 /// Septets `c` takes in GSM-7, or None when GSM-7 cannot carry it.
 pub fn gsm7_septets(c: char) -> Option<usize> {
+    if c.is_ascii() {
+        return match GSM7_ASCII[c as usize] {
+            0 => None,
+            n => Some(usize::from(n)),
+        };
+    }
+    gsm7_septets_slow(c)
+}
+
+fn gsm7_septets_slow(c: char) -> Option<usize> {
     if c == '\u{1b}' {
         None
     } else if GSM7_BASIC.contains(c) {
