@@ -254,9 +254,17 @@ impl Env {
             .ok_or_else(|| anyhow!("no used_memory in INFO memory"))
     }
 
-    /// Herald's CPU time so far (user + system), in clock ticks.
-    pub fn herald_cpu_ticks(&self) -> Option<u64> {
-        self.herald_pid.and_then(|p| cpu_ticks(p).ok())
+    /// CPU time so far (user + system, clock ticks) of Herald, Redis and this generator.
+    pub fn cpu_ticks(&self) -> Ticks {
+        Ticks {
+            herald: self.herald_pid.and_then(|p| cpu_ticks(p).ok()),
+            redis: self
+                .redis_child
+                .as_ref()
+                .and_then(|c| c.id())
+                .and_then(|p| cpu_ticks(p).ok()),
+            this: cpu_ticks(std::process::id()).ok(),
+        }
     }
 
     pub fn herald_peak_rss_mb(&self) -> Option<f64> {
@@ -279,6 +287,14 @@ impl Env {
         }
         self.herald_pid = None;
     }
+}
+
+/// CPU clock ticks of the processes of a run at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct Ticks {
+    pub herald: Option<u64>,
+    pub redis: Option<u64>,
+    pub this: Option<u64>,
 }
 
 /// CPU% over an interval from two tick readings (100 ticks per second on Linux).

@@ -454,9 +454,9 @@ async fn unary(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
     ));
     let s2 = shape.clone();
     let make: Make = Arc::new(move |i| s2.req(i, Some(format!("lg-{nonce}-{i}")), None));
-    let cpu0 = env.herald_cpu_ticks();
+    let cpu0 = env.cpu_ticks();
     let out = unary_loop(&clients, &p, make.clone()).await;
-    let cpu1 = env.herald_cpu_ticks();
+    let cpu1 = env.cpu_ticks();
     let rss = env.herald_peak_rss_mb();
     let mem1 = env.used_memory().await?;
     env.stop().await;
@@ -474,7 +474,9 @@ async fn unary(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
         latency: out.latency.percentiles(),
         latency_of: format!("Send round trip, {} in flight", p.concurrency),
         errors: out.errors,
-        herald_cpu_pct: cpu_pct(cpu0, cpu1, out.elapsed),
+        herald_cpu_pct: cpu_pct(cpu0.herald, cpu1.herald, out.elapsed),
+        redis_cpu_pct: cpu_pct(cpu0.redis, cpu1.redis, out.elapsed),
+        loadgen_cpu_pct: cpu_pct(cpu0.this, cpu1.this, out.elapsed),
         herald_peak_rss_mb: rss,
         redis_bytes_per_notification: bytes_per(mem0, mem1, out.ok),
         baseline: Some(base.as_baseline("bare-tonic")),
@@ -518,9 +520,9 @@ async fn batch(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
     let payload_len = shape.req(0, None, None).encoded_len();
     let s2 = shape.clone();
     let make: Make = Arc::new(move |i| s2.req(i, None, None));
-    let cpu0 = env.herald_cpu_ticks();
+    let cpu0 = env.cpu_ticks();
     let out = batch_loop(&clients, &p, 1000, make, None).await;
-    let cpu1 = env.herald_cpu_ticks();
+    let cpu1 = env.cpu_ticks();
     let rss = env.herald_peak_rss_mb();
     let mem1 = env.used_memory().await?;
     env.stop_herald().await;
@@ -549,7 +551,9 @@ async fn batch(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
         latency: out.latency.percentiles(),
         latency_of: "SendBatch of 1,000 round trip".into(),
         errors: out.errors,
-        herald_cpu_pct: cpu_pct(cpu0, cpu1, out.elapsed),
+        herald_cpu_pct: cpu_pct(cpu0.herald, cpu1.herald, out.elapsed),
+        redis_cpu_pct: cpu_pct(cpu0.redis, cpu1.redis, out.elapsed),
+        loadgen_cpu_pct: cpu_pct(cpu0.this, cpu1.this, out.elapsed),
         herald_peak_rss_mb: rss,
         redis_bytes_per_notification: bytes_per(mem0, mem1, out.ok),
         ratio: Some(out.throughput() / base.throughput.max(1e-9)),
@@ -595,9 +599,9 @@ async fn stream(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
     let payload_len = shape.req(0, None, None).encoded_len();
     let s2 = shape.clone();
     let make: Make = Arc::new(move |i| s2.req(i, None, None));
-    let cpu0 = env.herald_cpu_ticks();
+    let cpu0 = env.cpu_ticks();
     let out = stream_loop(&clients, &p, make).await;
-    let cpu1 = env.herald_cpu_ticks();
+    let cpu1 = env.cpu_ticks();
     let rss = env.herald_peak_rss_mb();
     let mem1 = env.used_memory().await?;
     env.stop_herald().await;
@@ -621,7 +625,9 @@ async fn stream(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
         latency: out.latency.percentiles(),
         latency_of: "SendStream item sent -> its response".into(),
         errors: out.errors,
-        herald_cpu_pct: cpu_pct(cpu0, cpu1, out.elapsed),
+        herald_cpu_pct: cpu_pct(cpu0.herald, cpu1.herald, out.elapsed),
+        redis_cpu_pct: cpu_pct(cpu0.redis, cpu1.redis, out.elapsed),
+        loadgen_cpu_pct: cpu_pct(cpu0.this, cpu1.this, out.elapsed),
         herald_peak_rss_mb: rss,
         redis_bytes_per_notification: bpn,
         ratio: Some(out.throughput() / base.throughput.max(1e-9)),
@@ -661,14 +667,14 @@ async fn e2e(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
     let l2 = ledger.clone();
     let hold: Arc<dyn Fn(u64) -> bool + Send + Sync> =
         Arc::new(move |accepted| accepted.saturating_sub(l2.class("e2e")) > 20_000);
-    let cpu0 = env.herald_cpu_ticks();
+    let cpu0 = env.cpu_ticks();
     let start = Instant::now();
     let feed = batch_loop(&clients, &p, 500, make, Some(hold)).await;
     let window = start.elapsed();
     let in_window = ledger.class("e2e");
     let drained = wait_until(Duration::from_secs(60), || ledger.class("e2e") >= feed.ok).await;
     let total_elapsed = start.elapsed();
-    let cpu1 = env.herald_cpu_ticks();
+    let cpu1 = env.cpu_ticks();
     let rss = env.herald_peak_rss_mb();
     // The receipts: every notification of the campaign DELIVERED, per Herald.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -714,7 +720,9 @@ async fn e2e(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
         latency: ledger.latency.get("e2e").and_then(|l| l.percentiles()),
         latency_of: "SendBatch sent -> platform request at the sink".into(),
         errors: feed.errors + feed.ok.saturating_sub(ledger.class("e2e")),
-        herald_cpu_pct: cpu_pct(cpu0, cpu1, total_elapsed),
+        herald_cpu_pct: cpu_pct(cpu0.herald, cpu1.herald, total_elapsed),
+        redis_cpu_pct: cpu_pct(cpu0.redis, cpu1.redis, total_elapsed),
+        loadgen_cpu_pct: cpu_pct(cpu0.this, cpu1.this, total_elapsed),
         herald_peak_rss_mb: rss,
         redis_bytes_per_notification: None,
         ratio: Some(thr / base.throughput.max(1e-9)),
@@ -783,7 +791,7 @@ async fn priority(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
     let ledger = sink.ledger.clone();
     let b2 = bulk.clone();
     let make: Make = Arc::new(move |i| b2.req(i, None, None));
-    let cpu0 = env.herald_cpu_ticks();
+    let cpu0 = env.cpu_ticks();
     let start = Instant::now();
     let ingest = batch_loop(&clients, &p, 1000, make, None).await;
     let ingest_s = start.elapsed().as_secs_f64();
@@ -812,7 +820,7 @@ async fn priority(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
         ledger.class("high") >= high_sent
     })
     .await;
-    let cpu1 = env.herald_cpu_ticks();
+    let cpu1 = env.cpu_ticks();
     let rss = env.herald_peak_rss_mb();
     env.stop().await;
 
@@ -826,7 +834,9 @@ async fn priority(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
         latency: hl,
         latency_of: "HIGH Send -> platform request, during the BULK drain".into(),
         errors: ingest.errors + high_err + ingest.ok.saturating_sub(bulk_done),
-        herald_cpu_pct: cpu_pct(cpu0, cpu1, start.elapsed()),
+        herald_cpu_pct: cpu_pct(cpu0.herald, cpu1.herald, start.elapsed()),
+        redis_cpu_pct: cpu_pct(cpu0.redis, cpu1.redis, start.elapsed()),
+        loadgen_cpu_pct: cpu_pct(cpu0.this, cpu1.this, start.elapsed()),
         herald_peak_rss_mb: rss,
         timeline: ledger.timeline.series(),
         ..Default::default()
@@ -875,7 +885,7 @@ async fn scheduled(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
     let s2 = shape.clone();
     let make: Make = Arc::new(move |i| s2.req(i, None, Some(base_us + i * window_us / n)));
     let mem0 = env.used_memory().await?;
-    let cpu0 = env.herald_cpu_ticks();
+    let cpu0 = env.cpu_ticks();
     let start = Instant::now();
     let ingest = batch_loop(&clients, &p, 1000, make, None).await;
     let ingest_done_us = now_us();
@@ -887,7 +897,7 @@ async fn scheduled(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
         ledger.class("sched") >= ingest.ok
     })
     .await;
-    let cpu1 = env.herald_cpu_ticks();
+    let cpu1 = env.cpu_ticks();
     let rss = env.herald_peak_rss_mb();
     env.stop().await;
 
@@ -902,7 +912,9 @@ async fn scheduled(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
         latency: late,
         latency_of: "platform request - send_at (lateness)".into(),
         errors: ingest.errors + ingest.ok.saturating_sub(got),
-        herald_cpu_pct: cpu_pct(cpu0, cpu1, start.elapsed()),
+        herald_cpu_pct: cpu_pct(cpu0.herald, cpu1.herald, start.elapsed()),
+        redis_cpu_pct: cpu_pct(cpu0.redis, cpu1.redis, start.elapsed()),
+        loadgen_cpu_pct: cpu_pct(cpu0.this, cpu1.this, start.elapsed()),
         herald_peak_rss_mb: rss,
         redis_bytes_per_notification: (!first_send_at_passed)
             .then(|| bytes_per(mem0, mem1, ingest.ok))

@@ -160,6 +160,7 @@ impl Target {
 
 /// What a scenario run writes to `results/<scenario>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
 pub struct ScenarioResult {
     pub scenario: String,
     /// `smoke`, `run` or `full`.
@@ -177,6 +178,9 @@ pub struct ScenarioResult {
     pub latency_of: String,
     pub errors: u64,
     pub herald_cpu_pct: Option<f64>,
+    /// redis-server's and this generator's CPU over the same interval (100% = one core of 2).
+    pub redis_cpu_pct: Option<f64>,
+    pub loadgen_cpu_pct: Option<f64>,
     pub herald_peak_rss_mb: Option<f64>,
     pub redis_bytes_per_notification: Option<f64>,
     pub baseline: Option<Baseline>,
@@ -231,9 +235,9 @@ pub fn summary_markdown(results: &[ScenarioResult]) -> String {
     );
     s.push_str(
         "| scenario | mode | throughput /s | unit | p50 | p99 | p999 | errors | Herald CPU % | \
-         peak RSS MB | Redis B/notif | baseline | baseline /s | ratio |\n",
+         Redis CPU % | generator CPU % | peak RSS MB | Redis B/notif | baseline | baseline /s | ratio |\n",
     );
-    s.push_str("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|\n");
+    s.push_str("|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|\n");
     for r in results {
         let (p50, p99, p999) = match &r.latency {
             Some(p) => (fmt_num(p.p50_ms), fmt_num(p.p99_ms), fmt_num(p.p999_ms)),
@@ -244,13 +248,15 @@ pub fn summary_markdown(results: &[ScenarioResult]) -> String {
             None => ("-".into(), "-".into()),
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {p50} | {p99} | {p999} | {} | {} | {} | {} | {bname} | {bthr} | {} |\n",
+            "| {} | {} | {} | {} | {p50} | {p99} | {p999} | {} | {} | {} | {} | {} | {} | {bname} | {bthr} | {} |\n",
             r.scenario,
             r.mode,
             fmt_num(r.throughput),
             r.unit,
             r.errors,
             opt(r.herald_cpu_pct),
+            opt(r.redis_cpu_pct),
+            opt(r.loadgen_cpu_pct),
             opt(r.herald_peak_rss_mb),
             opt(r.redis_bytes_per_notification),
             r.ratio.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
@@ -358,7 +364,7 @@ mod tests {
         };
         let md = summary_markdown(&[r]);
         assert!(md.contains(
-            "| batch | smoke | 150,000 | notifications accepted | 5.00 | 7.50 | 9.00 | 0 | 120 | - | - | redis-xadd | 300,000 | 0.50 |"
+            "| batch | smoke | 150,000 | notifications accepted | 5.00 | 7.50 | 9.00 | 0 | 120 | - | - | - | - | redis-xadd | 300,000 | 0.50 |"
         ), "{md}");
         assert!(
             md.contains("| batch | ingest | >= 150,000 /s | 150,000 /s | yes |"),
