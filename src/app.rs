@@ -248,7 +248,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         ));
         let stop2 = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Small gRPC answers must leave at once: without TCP_NODELAY, Nagle and the
+            // peer's delayed ACK add ~40 ms to a fraction of calls (the unary p99).
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let res = tonic::transport::Server::builder()
                 .add_service(health_service)
                 .add_service(reflection)
