@@ -65,14 +65,16 @@ impl Dispatcher {
         let mut handles = Vec::new();
         for channel in self.channels.kinds() {
             for shard in 0..self.store.shards() {
-                // Two workers per queue: one takes every lane (HIGH first), the other only
-                // HIGH, so a HIGH notification is claimed at once even while the first holds
-                // a batch of BULK ones waiting for the rate limiter.
-                for last in [Priority::Bulk, Priority::High] {
+                // `workers` per queue take every lane (HIGH first), one more only HIGH, so a
+                // HIGH notification is claimed at once even while the others hold batches of
+                // BULK ones waiting for the rate limiter or the platform.
+                let lanes = std::iter::repeat_n(Priority::Bulk, self.cfg.workers.max(1))
+                    .chain([Priority::High]);
+                for (n, last) in lanes.enumerate() {
                     let me = self.clone();
                     let stop = stop.clone();
                     handles.push(tokio::spawn(async move {
-                        me.worker(channel, shard, last, stop).await
+                        me.worker(channel, shard, n, last, stop).await
                     }));
                 }
             }
@@ -92,15 +94,17 @@ impl Dispatcher {
         self: Arc<Self>,
         channel: Channel,
         shard: u16,
+        n: usize,
         last: Priority,
         stop: CancellationToken,
     ) {
         let consumer = format!(
-            "{}-{}-{}-{}",
+            "{}-{}-{}-{}{}",
             self.instance,
             channel.name(),
             shard,
-            last.name()
+            last.name(),
+            n
         );
         let claim_timeout = self.cfg.claim_timeout.0;
         // Look for abandoned entries (a dead worker's) a few times per takeover period.
@@ -543,8 +547,8 @@ impl Dispatcher {
             .current(channel)
             .unwrap_or(rate.per_second)
             .min(rate.per_second);
-        let per_worker =
-            global / f64::from(self.live.instances()) / f64::from(self.store.shards().max(1));
+        let workers = f64::from(self.store.shards().max(1)) * self.cfg.workers.max(1) as f64;
+        let per_worker = global / f64::from(self.live.instances()) / workers;
         (per_worker.ceil() as usize).clamp(1, self.cfg.batch_size)
     }
 

@@ -182,6 +182,9 @@ impl Default for IngestConfig {
 pub struct DispatchConfig {
     /// Entries one worker claims per round trip.
     pub batch_size: usize,
+    /// Workers per channel and shard taking every lane (each with a batch in flight); one
+    /// more per channel and shard takes the HIGH lane only.
+    pub workers: usize,
     /// Sends one worker has in flight at once.
     pub concurrency: usize,
     /// Idle time after which another worker takes over a claimed entry. Must exceed the
@@ -210,6 +213,7 @@ impl Default for DispatchConfig {
     fn default() -> Self {
         Self {
             batch_size: 64,
+            workers: 2,
             concurrency: 64,
             claim_timeout: HumanDuration(Duration::from_secs(60)),
             poll_interval: HumanDuration(Duration::from_millis(100)),
@@ -400,6 +404,9 @@ impl Config {
         }
         if d.concurrency == 0 {
             return Err(invalid("dispatch.concurrency", "must be > 0"));
+        }
+        if d.workers == 0 || d.workers > 64 {
+            return Err(invalid("dispatch.workers", "must be between 1 and 64"));
         }
         if d.max_attempts == 0 {
             return Err(invalid("dispatch.max_attempts", "must be > 0"));

@@ -814,17 +814,19 @@ async fn high_priority_does_not_wait_behind_a_bulk_drain() {
 
 #[tokio::test]
 async fn a_budget_is_overspent_by_no_more_than_the_notifications_in_flight() {
-    // Three instances, one shard, batches of 2: at most 3 instances × 2 = 6 notifications of
-    // one lane are decided at once against the same spent amount.
+    // Three instances, one shard, batches of 2: at most 3 instances × their workers × 2
+    // notifications of one lane are decided at once against the same spent amount.
     let redis = RedisServer::start();
     let mut instances = Vec::new();
+    let mut workers = 0;
     for _ in 0..3 {
         let mut cfg = test_config(Some(redis.url()));
         cfg.redis.shards = 1;
         cfg.dispatch.batch_size = 2;
+        workers = cfg.dispatch.workers;
         instances.push(Herald::start(cfg).await);
     }
-    let in_flight = 3 * 2;
+    let in_flight = 3 * workers * 2;
     let mut a = admin(&instances[0]).await;
     apply(
         &mut a,

@@ -7,6 +7,7 @@
 -- Returns per item {kind, id, status}: kind ok | dup | conflict.
 local ittl = ARGV[4]
 local out = {}
+local tally = {}
 local i = 5
 while i + 12 <= #ARGV do
   local id, idem, fp, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -36,18 +37,17 @@ while i + 12 <= #ARGV do
     local st = 3
     if due > NOW then st = 2 end
     local rk = P .. 'n:' .. id
-    redis.call('HSET', rk, 'd', blob, 's', st, 'c', ch, 'p', pr)
-    if cmp ~= '' then redis.call('HSET', rk, 'cmp', cmp) end
-    if exp ~= '0' and exp ~= '' then redis.call('HSET', rk, 'exp', exp) end
-    if lb ~= '' then redis.call('HSET', rk, 'lb', lb) end
-    if cn ~= '' then
-      redis.call('HSET', rk, 'cn', cn)
+    local f = {'d', blob, 's', st, 'c', ch, 'p', pr}
+    if cmp ~= '' then f[#f + 1] = 'cmp'; f[#f + 1] = cmp end
+    if exp ~= '0' and exp ~= '' then f[#f + 1] = 'exp'; f[#f + 1] = exp end
+    if lb ~= '' then f[#f + 1] = 'lb'; f[#f + 1] = lb end
+    if cn ~= '' then f[#f + 1] = 'cn'; f[#f + 1] = cn end
+    redis.call('HSET', rk, unpack(f))
+    if cn ~= '' and cblob ~= '' then
+      -- Written once; every later use only makes it live long enough.
       local ck = P .. 'cn:' .. cn
-      if cblob ~= '' then
-        -- Written once; every later use only makes it live long enough.
-        if not redis.call('SET', ck, cblob, 'NX', 'PX', cttl) then
-          redis.call('PEXPIRE', ck, cttl, 'GT')
-        end
+      if not redis.call('SET', ck, cblob, 'NX', 'PX', cttl) then
+        redis.call('PEXPIRE', ck, cttl, 'GT')
       end
     end
     if st == 2 then
@@ -55,8 +55,25 @@ while i + 12 <= #ARGV do
     else
       redis.call('XADD', P .. 'ready:' .. ch .. ':' .. pr, '*', 'id', id)
     end
-    count(cmp, '', nil, ch, st)
+    -- Campaign counters: summed here, written once per campaign and field below.
+    if cmp ~= '' then
+      local c = tally[cmp]
+      if not c then
+        c = {}
+        tally[cmp] = c
+      end
+      c['total'] = (c['total'] or 0) + 1
+      c['s' .. st] = (c['s' .. st] or 0) + 1
+      local k = 'c' .. ch .. ':' .. st
+      c[k] = (c[k] or 0) + 1
+    end
     out[#out + 1] = {'ok', id, st}
+  end
+end
+for cmp, c in pairs(tally) do
+  local k = P .. 'camp:' .. cmp
+  for field, n in pairs(c) do
+    redis.call('HINCRBY', k, field, n)
   end
 end
 return out
