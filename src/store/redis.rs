@@ -22,8 +22,13 @@ use crate::model::{
 
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
+/// A Herald script: the prelude, then the body run as a function, then the campaign counters
+/// it moved written once per campaign and field (a batch moves many notifications of one
+/// campaign: one HINCRBY per field instead of four per notification).
 fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
+    Script::new(&format!(
+        "{PRELUDE}\nlocal function body()\n{body}\nend\nlocal reply = body()\nflush_counts()\nreturn reply\n"
+    ))
 }
 
 /// One script invocation: the script, its one key (the shard prefix), its arguments.
@@ -815,7 +820,9 @@ impl Store for RedisStore {
                         let at = c.attempt.as_ref().map_or(now, |a| a.started_at);
                         watermarks.push((contact_key("wm", k), at, c.id.clone()));
                     }
-                    if !provider_id.is_empty() {
+                    // Linked so later receipts find the notification; one delivered on accept
+                    // (a webhook) gets none, so it costs no link.
+                    if !provider_id.is_empty() && *status != Status::Delivered {
                         provider_ids.push((c.channel, provider_id.clone(), c.id.clone()));
                     }
                     (

@@ -52,7 +52,7 @@ for pr = 1, last do
       local exp = tonumber(f[3]) or 0
       if st ~= 3 and st ~= 4 and st ~= 5 then
         ack(key, eid)
-      elseif cmp ~= '' and redis.call('EXISTS', P .. 'cxl:' .. cmp) == 1 then
+      elseif canceled(cmp) then
         ack(key, eid)
         set_status(id, 12)
         emit(id, 12, NOW)

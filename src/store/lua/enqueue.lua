@@ -7,7 +7,6 @@
 -- Returns per item {kind, id, status}: kind ok | dup | conflict.
 local ittl = ARGV[4]
 local out = {}
-local tally = {}
 local i = 5
 while i + 12 <= #ARGV do
   local id, idem, fp, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -55,25 +54,8 @@ while i + 12 <= #ARGV do
     else
       redis.call('XADD', P .. 'ready:' .. ch .. ':' .. pr, '*', 'id', id)
     end
-    -- Campaign counters: summed here, written once per campaign and field below.
-    if cmp ~= '' then
-      local c = tally[cmp]
-      if not c then
-        c = {}
-        tally[cmp] = c
-      end
-      c['total'] = (c['total'] or 0) + 1
-      c['s' .. st] = (c['s' .. st] or 0) + 1
-      local k = 'c' .. ch .. ':' .. st
-      c[k] = (c[k] or 0) + 1
-    end
+    count(cmp, '', nil, ch, st)
     out[#out + 1] = {'ok', id, st}
-  end
-end
-for cmp, c in pairs(tally) do
-  local k = P .. 'camp:' .. cmp
-  for field, n in pairs(c) do
-    redis.call('HINCRBY', k, field, n)
   end
 end
 return out

@@ -7,14 +7,31 @@
 -- Returns how many items were applied.
 local ch, consumer = ARGV[4], ARGV[5]
 local applied = 0
+-- The entries this consumer holds, per lane: read once per lane, not once per item.
+local OWN = {}
+local function owned(key, eid)
+  local set = OWN[key]
+  if not set then
+    set = {}
+    local r = redis.pcall('XPENDING', key, GROUP, '-', '+', 100000, consumer)
+    if type(r) == 'table' and not r.err then
+      for _, e in ipairs(r) do set[e[1]] = true end
+    end
+    OWN[key] = set
+  end
+  if set[eid] then
+    set[eid] = nil
+    return true
+  end
+  return false
+end
 local i = 6
 while i + 11 <= #ARGV do
   local pr, eid, id, act, a1, a2 = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local att, pid, ec, code, cost, cur = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
   i = i + 12
   local key = P .. 'ready:' .. ch .. ':' .. pr
-  local pend = redis.pcall('XPENDING', key, GROUP, eid, eid, 1, consumer)
-  if type(pend) == 'table' and not pend.err and #pend == 1 then
+  if owned(key, eid) then
     applied = applied + 1
     ack(key, eid)
     local rk = P .. 'n:' .. id

@@ -21,18 +21,50 @@ local function str(v)
   return v
 end
 
--- Campaign counters: current status, and current status per channel.
+-- Campaign counters: current status, and current status per channel. Summed in TALLY while
+-- the script runs and written once per campaign and field by flush_counts at its end.
+local TALLY = {}
+local function bump(k, field, n)
+  local t = TALLY[k]
+  if not t then
+    t = {}
+    TALLY[k] = t
+  end
+  t[field] = (t[field] or 0) + n
+end
+
 local function count(cmp, och, ost, nch, nst)
   if cmp == '' then return end
   local k = P .. 'camp:' .. cmp
   if ost then
-    redis.call('HINCRBY', k, 's' .. ost, -1)
-    if och ~= '' then redis.call('HINCRBY', k, 'c' .. och .. ':' .. ost, -1) end
+    bump(k, 's' .. ost, -1)
+    if och ~= '' then bump(k, 'c' .. och .. ':' .. ost, -1) end
   else
-    redis.call('HINCRBY', k, 'total', 1)
+    bump(k, 'total', 1)
   end
-  redis.call('HINCRBY', k, 's' .. nst, 1)
-  if nch ~= '' then redis.call('HINCRBY', k, 'c' .. nch .. ':' .. nst, 1) end
+  bump(k, 's' .. nst, 1)
+  if nch ~= '' then bump(k, 'c' .. nch .. ':' .. nst, 1) end
+end
+
+-- Whether campaign `cmp` was canceled (asked once per script and campaign).
+local CXL = {}
+local function canceled(cmp)
+  if cmp == '' then return false end
+  local v = CXL[cmp]
+  if v == nil then
+    v = redis.call('EXISTS', P .. 'cxl:' .. cmp) == 1
+    CXL[cmp] = v
+  end
+  return v
+end
+
+local function flush_counts()
+  for k, t in pairs(TALLY) do
+    for field, n in pairs(t) do
+      if n ~= 0 then redis.call('HINCRBY', k, field, n) end
+    end
+  end
+  TALLY = {}
 end
 
 -- Moves a notification to status `nst` (and channel `nch` when given), keeping counters.

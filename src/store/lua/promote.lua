@@ -9,7 +9,7 @@ for _, id in ipairs(ids) do
   local st = tonumber(f[1])
   if st == 2 or st == 5 then
     local cmp = str(f[4])
-    if cmp ~= '' and redis.call('EXISTS', P .. 'cxl:' .. cmp) == 1 then
+    if canceled(cmp) then
       set_status(id, 12)
       emit(id, 12, NOW)
       retain(id)
