@@ -28,16 +28,20 @@ use tokio::task::JoinHandle;
 // Ports
 // ---------------------------------------------------------------------------------------------
 
-/// A loopback TCP port that was free a moment ago (bind 127.0.0.1:0, read the port, release it).
+/// A loopback TCP port that was free a moment ago, from below the kernel's ephemeral range
+/// (32768–60999 on Linux): a port the kernel handed out for `bind(0)` and that was released
+/// may be given to the next outgoing connection of any process on the machine before the
+/// caller binds it; ports below the range are never handed out that way.
 ///
-/// There is an inherent race: another process may grab the port before the caller binds it.
+/// Another test may still pick the same port in between: rare, as ports are drawn at random.
 pub fn free_port() -> u16 {
-    let listener =
-        StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    listener
-        .local_addr()
-        .expect("local_addr of the probe listener")
-        .port()
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..32_768);
+        if StdTcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32767");
 }
 
 /// `"127.0.0.1:P"` for a port from [`free_port`].
