@@ -196,7 +196,7 @@ const CONTENT_CACHE: usize = 4096;
 const CONTENT_MARGIN_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// What a record's `d` field holds: the notification without what its key and other fields
-/// say already (id, campaign) and, for a campaign's notifications, without the content, which
+/// say already (id, campaign, labels) and, for a campaign's notifications, without the content, which
 /// is kept once per shard under `cn:<hash>` (returned here with its hash). Small records stay
 /// in Redis's compact hash encoding.
 fn stored_record(n: &Notification) -> (Vec<u8>, Option<(String, Vec<u8>)>) {
@@ -204,6 +204,8 @@ fn stored_record(n: &Notification) -> (Vec<u8>, Option<(String, Vec<u8>)>) {
     let mut slim = n.clone();
     slim.id.clear();
     slim.campaign_id.clear();
+    // Labels are written beside it (`lb`, for the receipts): not twice.
+    slim.labels.clear();
     if id_time(&n.id) == Some(n.created_at) {
         slim.created_at = 0;
     }
@@ -233,11 +235,16 @@ fn restore(
     id: &str,
     blob: &[u8],
     campaign: &str,
+    labels: &[u8],
     content_hash: &str,
     contents: &HashMap<String, std::sync::Arc<Content>>,
 ) -> Result<Notification, StoreError> {
     let mut n = Notification::decode(blob).map_err(StoreError::Internal)?;
     n.id = id.to_string();
+    if n.labels.is_empty() && !labels.is_empty() {
+        n.labels = rmp_serde::from_slice(labels)
+            .map_err(|e| StoreError::Internal(format!("corrupt labels of {id}: {e}")))?;
+    }
     if n.created_at == 0 {
         n.created_at = id_time(id).unwrap_or(0);
     }
@@ -741,13 +748,14 @@ impl Store for RedisStore {
             String,
             String,
             String,
+            Vec<u8>,
         );
         let rows: Vec<Row> = parse(reply)?;
         let hashes: Vec<String> = rows.iter().map(|r| r.6.clone()).collect();
         let contents = self.contents(shard, &hashes).await?;
         let mut out = Vec::with_capacity(rows.len());
-        for (p, eid, blob, ri, a, ca, cn, id, cmp) in rows {
-            let notification = restore(&id, &blob, &cmp, &cn, &contents)?;
+        for (p, eid, blob, ri, a, ca, cn, id, cmp, lb) in rows {
+            let notification = restore(&id, &blob, &cmp, &lb, &cn, &contents)?;
             out.push(Claimed {
                 entry: EntryRef {
                     priority: Priority::from_number(p).unwrap_or(Priority::Normal),
@@ -1148,8 +1156,9 @@ impl Store for RedisStore {
         };
         let cn = rec.get("cn").map(text).unwrap_or_default();
         let cmp = rec.get("cmp").map(text).unwrap_or_default();
+        let lb = rec.get("lb").map(bytes).unwrap_or_default();
         let contents = self.contents(shard, std::slice::from_ref(&cn)).await?;
-        let notification = restore(id, &blob, &cmp, &cn, &contents)?;
+        let notification = restore(id, &blob, &cmp, &lb, &cn, &contents)?;
         let status = status_of(rec.get("s")).unwrap_or(Status::Accepted);
         let channel = rec.get("c").and_then(|v| Channel::from_name(&text(v)));
         let mut attempts = Vec::new();
@@ -1488,7 +1497,8 @@ impl Store for RedisStore {
                 .arg("d")
                 .arg("ri")
                 .arg("cn")
-                .arg("cmp");
+                .arg("cmp")
+                .arg("lb");
         }
         let mut out = Vec::with_capacity(ids.len());
         for (v, (s, id)) in self.query(&p).await?.into_iter().zip(&ids) {
@@ -1497,12 +1507,15 @@ impl Store for RedisStore {
                 Option<String>,
                 Option<String>,
                 Option<String>,
+                Option<Vec<u8>>,
             );
-            let (blob, ri, cn, cmp): Row = parse(v)?;
+            let (blob, ri, cn, cmp, lb): Row = parse(v)?;
             if let Some(blob) = blob {
                 let cn = cn.unwrap_or_default();
                 let contents = self.contents(*s, std::slice::from_ref(&cn)).await?;
-                let n = restore(id, &blob, &cmp.unwrap_or_default(), &cn, &contents)?;
+                let cmp = cmp.unwrap_or_default();
+                let lb = lb.unwrap_or_default();
+                let n = restore(id, &blob, &cmp, &lb, &cn, &contents)?;
                 out.push((n, ri.and_then(|r| r.parse().ok()).unwrap_or(0)));
             }
         }

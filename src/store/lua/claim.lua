@@ -2,7 +2,7 @@
 -- this long (ms; 0 = no takeover), ARGV[8] = last lane to look at. HIGH lane (1) first, then
 -- NORMAL (2), then BULK (3).
 -- Returns {priority, entry id, record blob, route index, attempts, channel attempts, shared
--- content hash, notification id, campaign} per claim;
+-- content hash, notification id, campaign, labels} per claim;
 -- canceled and expired notifications are finished here and not returned.
 local ch, consumer, want, idle = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local last = tonumber(ARGV[8]) or 3
@@ -46,7 +46,7 @@ for pr = 1, last do
     if not id then
       ack(key, eid)
     else
-      local f = redis.call('HMGET', P .. 'n:' .. id, 's', 'cmp', 'exp', 'd', 'ri', 'a', 'ca', 'cn')
+      local f = redis.call('HMGET', P .. 'n:' .. id, 's', 'cmp', 'exp', 'd', 'ri', 'a', 'ca', 'cn', 'lb')
       local st = tonumber(f[1])
       local cmp = str(f[2])
       local exp = tonumber(f[3]) or 0
@@ -64,7 +64,7 @@ for pr = 1, last do
         retain(id)
       else
         if st ~= 4 then set_status(id, 4) end
-        out[#out + 1] = {pr, eid, f[4], str(f[5]), str(f[6]), str(f[7]), str(f[8]), id, cmp}
+        out[#out + 1] = {pr, eid, f[4], str(f[5]), str(f[6]), str(f[7]), str(f[8]), id, cmp, str(f[9])}
       end
     end
   end
