@@ -189,8 +189,17 @@ pub fn watch_file(
                 .ok()
                 .and_then(|m| m.modified().ok().map(|t| (t, m.len())));
             if stamp.is_some() && stamp != last {
-                last = stamp;
-                apply_file(&live, &path).await;
+                // A file being written (truncated, then filled) must not be read half-way:
+                // apply only once it has stayed the same for a moment.
+                tokio::time::sleep(SETTLE).await;
+                let again = std::fs::metadata(&path)
+                    .ok()
+                    .and_then(|m| m.modified().ok().map(|t| (t, m.len())));
+                if again == stamp {
+                    last = stamp;
+                    apply_file(&live, &path).await;
+                }
+                continue;
             }
             #[cfg(unix)]
             let hup_fired = async {
@@ -215,7 +224,11 @@ pub fn watch_file(
     })
 }
 
-/// Applies the file's text unless it is what is in force already.
+/// How long a changed policy file must stay unchanged before it is read.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// Applies the file's text unless it is what is in force already. An empty file is taken
+/// for one caught while being written, never for "all defaults" (say that with a comment).
 pub async fn apply_file(live: &Live, path: &std::path::Path) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -224,6 +237,10 @@ pub async fn apply_file(live: &Live, path: &std::path::Path) {
             return;
         }
     };
+    if text.trim().is_empty() {
+        warn!(path = %path.display(), "policy.file is empty; the version in force stays");
+        return;
+    }
     let new = match Policy::parse(&text) {
         Ok(p) => p,
         Err(e) => {

@@ -341,6 +341,12 @@ async fn the_policy_file_applies_at_start_and_on_sighup_and_a_broken_one_is_refu
     hup(herald.child.id());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = policy(&admin).await;
-    assert_eq!(after.version, 2);
+    assert_eq!(after.version, 2, "{after:?}");
     assert_eq!(after.document, v2);
+    // So is an empty one (a file caught half-written), on SIGHUP as when it changes.
+    std::fs::write(&path, "").expect("write");
+    hup(herald.child.id());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = policy(&admin).await;
+    assert_eq!(after.version, 2, "{after:?}");
 }
