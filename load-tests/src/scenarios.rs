@@ -494,10 +494,7 @@ async fn unary(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
         r.targets
             .push(Target::at_most("unary Send p99", 15.0, l.p99_ms, "ms"));
     }
-    if let Some(m) = rss {
-        r.targets
-            .push(Target::at_most("Herald peak RSS", 200.0, m, "MB"));
-    }
+    rss_target(&mut r, rss);
     r.notes
         .push("each Send carries an idempotency key, so Redis bytes include its 24 h key".into());
     note_error(&mut r, "herald", &out);
@@ -573,10 +570,7 @@ async fn batch(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
         r.ratio.unwrap_or(0.0),
         "x",
     ));
-    if let Some(m) = rss {
-        r.targets
-            .push(Target::at_most("Herald peak RSS", 200.0, m, "MB"));
-    }
+    rss_target(&mut r, rss);
     note_error(&mut r, "herald", &out);
     Ok(r)
 }
@@ -643,10 +637,7 @@ async fn stream(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
             "B",
         ));
     }
-    if let Some(m) = rss {
-        r.targets
-            .push(Target::at_most("Herald peak RSS", 200.0, m, "MB"));
-    }
+    rss_target(&mut r, rss);
     note_error(&mut r, "herald", &out);
     Ok(r)
 }
@@ -762,10 +753,7 @@ async fn e2e(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
             pass: d >= feed.ok,
         });
     }
-    if let Some(m) = rss {
-        r.targets
-            .push(Target::at_most("Herald peak RSS", 200.0, m, "MB"));
-    }
+    rss_target(&mut r, rss);
     note_error(&mut r, "feed", &feed);
     Ok(r)
 }
@@ -856,10 +844,7 @@ async fn priority(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
             "ms",
         ));
     }
-    if let Some(m) = rss {
-        r.targets
-            .push(Target::at_most("Herald peak RSS", 200.0, m, "MB"));
-    }
+    rss_target(&mut r, rss);
     note_error(&mut r, "bulk ingest", &ingest);
     Ok(r)
 }
@@ -940,10 +925,15 @@ async fn scheduled(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
         measured: format!("{} within 2 s", got.saturating_sub(over_2s)),
         pass: got >= ingest.ok && over_2s == 0 && ingest.ok == p.count,
     });
+    rss_target(&mut r, rss);
+    note_error(&mut r, "ingest", &ingest);
+    Ok(r)
+}
+
+/// The memory target, checked on every scenario that ran Herald.
+fn rss_target(r: &mut ScenarioResult, rss: Option<f64>) {
     if let Some(m) = rss {
         r.targets
             .push(Target::at_most("Herald peak RSS", 200.0, m, "MB"));
     }
-    note_error(&mut r, "ingest", &ingest);
-    Ok(r)
 }
