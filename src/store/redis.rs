@@ -1151,9 +1151,16 @@ impl Store for RedisStore {
         let mut r = self.query(&p).await?.into_iter();
         let rec = pairs(r.next().unwrap_or(Value::Nil));
         let events: Vec<Vec<u8>> = parse(r.next().unwrap_or(Value::Nil))?;
-        let Some(blob) = rec.get("d").map(bytes) else {
+        let Some(mut blob) = rec.get("d").map(bytes) else {
             return Ok(None);
         };
+        // A record over 64 bytes is kept in 64-byte parts (see enqueue.lua).
+        for part in ["d1", "d2", "d3"] {
+            match rec.get(part) {
+                Some(v) => blob.extend(bytes(v)),
+                None => break,
+            }
+        }
         let cn = rec.get("cn").map(text).unwrap_or_default();
         let cmp = rec.get("cmp").map(text).unwrap_or_default();
         let lb = rec.get("lb").map(bytes).unwrap_or_default();
@@ -1498,7 +1505,10 @@ impl Store for RedisStore {
                 .arg("ri")
                 .arg("cn")
                 .arg("cmp")
-                .arg("lb");
+                .arg("lb")
+                .arg("d1")
+                .arg("d2")
+                .arg("d3");
         }
         let mut out = Vec::with_capacity(ids.len());
         for (v, (s, id)) in self.query(&p).await?.into_iter().zip(&ids) {
@@ -1508,9 +1518,16 @@ impl Store for RedisStore {
                 Option<String>,
                 Option<String>,
                 Option<Vec<u8>>,
+                Option<Vec<u8>>,
+                Option<Vec<u8>>,
+                Option<Vec<u8>>,
             );
-            let (blob, ri, cn, cmp, lb): Row = parse(v)?;
-            if let Some(blob) = blob {
+            let (blob, ri, cn, cmp, lb, d1, d2, d3): Row = parse(v)?;
+            if let Some(mut blob) = blob {
+                // A record over 64 bytes is kept in 64-byte parts (see enqueue.lua).
+                for part in [d1, d2, d3].into_iter().map_while(|p| p) {
+                    blob.extend(part);
+                }
                 let cn = cn.unwrap_or_default();
                 let contents = self.contents(*s, std::slice::from_ref(&cn)).await?;
                 let cmp = cmp.unwrap_or_default();

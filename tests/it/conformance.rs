@@ -604,6 +604,16 @@ pub async fn campaign_notifications_read_back_whole(s: Subject) {
         enqueue(st, n.clone()).await;
         written.push(n);
     }
+    // Records of every size: in one compact part, in several 64-byte parts, and over 256
+    // bytes in one value (the Redis store's three encodings).
+    for len in [1, 150, 400] {
+        let mut n = note(st, vec![Channel::Webhook]);
+        n.campaign_id = "spring".into();
+        n.content.body = "Spring sale".into();
+        n.recipient.contact_id = "c".repeat(len);
+        enqueue(st, n.clone()).await;
+        written.push(n);
+    }
     for n in &written {
         let view = st.get(&n.id).await.expect("get").expect("found");
         assert_eq!(&view.notification, n);

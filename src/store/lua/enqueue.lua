@@ -36,7 +36,23 @@ while i + 12 <= #ARGV do
     local st = 3
     if due > NOW then st = 2 end
     local rk = P .. 'n:' .. id
-    local f = {'d', blob, 's', st, 'c', ch, 'p', pr}
+    -- Redis keeps a hash compact only while every value is at most 64 bytes: a record blob
+    -- up to 256 bytes goes in 64-byte parts (d, d1, d2, d3), read back joined.
+    local f
+    local n = #blob
+    if n <= 64 or n > 256 then
+      f = {'d', blob, 's', st, 'c', ch, 'p', pr}
+    else
+      f = {'d', string.sub(blob, 1, 64), 's', st, 'c', ch, 'p', pr}
+      local part = 1
+      local from = 65
+      while from <= n do
+        f[#f + 1] = 'd' .. part
+        f[#f + 1] = string.sub(blob, from, from + 63)
+        part = part + 1
+        from = from + 64
+      end
+    end
     if cmp ~= '' then f[#f + 1] = 'cmp'; f[#f + 1] = cmp end
     if exp ~= '0' and exp ~= '' then f[#f + 1] = 'exp'; f[#f + 1] = exp end
     if lb ~= '' then f[#f + 1] = 'lb'; f[#f + 1] = lb end
