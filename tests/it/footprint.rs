@@ -76,7 +76,7 @@ async fn a_queued_campaign_notification_stays_small_in_redis() {
     let after = used_memory(&redis);
     let per = (after - before) as f64 / n as f64;
     println!("Redis memory per queued campaign notification: {per:.0} bytes");
-    // The target is 200 bytes; records are 318 today (a compact hash per notification
+    // The target is 200 bytes; records are ~312 today (a compact hash per notification
     // plus its stream entry; see the README's Performance section). This guards what is won.
     assert!(
         per <= 350.0,
