@@ -887,6 +887,26 @@ both!(
     budgets_and_recent_sends,
 );
 
+/// Redis only: instances heartbeat into one set; the count every instance divides the
+/// platforms' rates by follows instances coming and going. (The memory store is one process:
+/// always 1.)
+#[tokio::test]
+async fn redis_instance_heartbeats_come_and_go() {
+    let s = redis().await;
+    let st = &*s.store;
+    let window = 3_000;
+    assert_eq!(st.heartbeat("a", 10_000, window).await.expect("hb"), 1);
+    assert_eq!(st.heartbeat("b", 10_500, window).await.expect("hb"), 2);
+    assert_eq!(st.heartbeat("c", 11_000, window).await.expect("hb"), 3);
+    // A beating again is still one instance.
+    assert_eq!(st.heartbeat("a", 12_000, window).await.expect("hb"), 3);
+    // b stopped beating at 10.5 s: past the window it no longer counts, c neither at 14.1 s.
+    assert_eq!(st.heartbeat("a", 13_600, window).await.expect("hb"), 2);
+    assert_eq!(st.heartbeat("a", 14_100, window).await.expect("hb"), 1);
+    // One comes back.
+    assert_eq!(st.heartbeat("b", 14_200, window).await.expect("hb"), 2);
+}
+
 /// Redis only: the consumer group vanishes (a restart without persistence, or someone
 /// deleting it); workers recreate it and carry on without losing what is in the stream.
 #[tokio::test]
