@@ -195,31 +195,40 @@ const CONTENT_CACHE: usize = 4096;
 /// finished records plus a week for retries, waits and fallbacks.
 const CONTENT_MARGIN_MS: i64 = 7 * 24 * 3600 * 1000;
 
-/// What a record's `d` field holds: the notification without what its key and other fields
-/// say already (id, campaign, labels) and, for a campaign's notifications, without the content, which
-/// is kept once per shard under `cn:<hash>` (returned here with its hash). Small records stay
-/// in Redis's compact hash encoding.
-fn stored_record(n: &Notification) -> (Vec<u8>, Option<(String, Vec<u8>)>) {
-    use sha2::Digest;
-    let mut slim = n.clone();
-    slim.id.clear();
-    slim.campaign_id.clear();
-    // Labels are written beside it (`lb`, for the receipts): not twice.
-    slim.labels.clear();
+/// Turns a notification into what its record's `d` field holds: it without what its key and
+/// other fields say already (id, campaign, labels, a `created_at` its id carries) and, for a
+/// campaign's notifications, without the content, which is kept once per shard under
+/// `cn:<hash>` (returned here). Small records stay in Redis's compact hash encoding.
+/// Consumes what it leaves out: the caller reads id, campaign and labels first.
+fn stored_record(mut n: Notification) -> (Vec<u8>, Option<Content>) {
     if id_time(&n.id) == Some(n.created_at) {
-        slim.created_at = 0;
+        n.created_at = 0;
     }
-    let shared = if n.campaign_id.is_empty() {
-        None
-    } else {
-        let content = std::mem::take(&mut slim.content);
-        // Plain structs of strings and maps always serialize.
-        let blob = rmp_serde::to_vec(&content).unwrap_or_default();
-        let digest = sha2::Sha256::digest(&blob);
-        let hash: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-        Some((hash, blob))
-    };
-    (slim.encode(), shared)
+    n.id.clear();
+    // Labels are written beside it (`lb`, for the receipts): not twice.
+    n.labels.clear();
+    let shared =
+        (!std::mem::take(&mut n.campaign_id).is_empty()).then(|| std::mem::take(&mut n.content));
+    (n.encode(), shared)
+}
+
+/// The name shared content is kept under: its encoding's SHA-256, first 12 bytes in hex.
+fn content_hash(blob: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(blob);
+    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The fields after `d` holding the rest of a record blob of 65 to 256 bytes, in 64-byte parts
+/// (see enqueue.lua): every value of the hash then stays within Redis's compact encoding.
+const RECORD_PARTS: [&str; 3] = ["d1", "d2", "d3"];
+
+/// A record blob from its first part and the parts after it (absent ones end it).
+fn join_parts(mut blob: Vec<u8>, parts: impl IntoIterator<Item = Option<Vec<u8>>>) -> Vec<u8> {
+    for part in parts.into_iter().map_while(|p| p) {
+        blob.extend(part);
+    }
+    blob
 }
 
 /// The time a notification id (`<ULID>-<shard>`) was made at, in ms.
@@ -632,21 +641,31 @@ impl Store for RedisStore {
         let mut calls = Vec::with_capacity(by_shard.len());
         let mut order = Vec::with_capacity(by_shard.len());
         let mut woken = Vec::new();
-        for (shard, items) in &by_shard {
+        for (shard, items) in by_shard {
+            // Shared content lives as long as the latest-due notification of this call needs.
+            let due = items
+                .iter()
+                .map(|(_, item)| item.notification.send_at)
+                .max()
+                .unwrap_or(0);
+            let content_ttl = (due - now).max(0) + self.retention_ms + CONTENT_MARGIN_MS;
             let mut args = self.common_args(now);
             args.push(arg(self.idem_ttl_ms));
+            args.push(arg(content_ttl));
             let mut idx = Vec::with_capacity(items.len());
-            let mut sent_content: Vec<String> = Vec::new();
+            // Each distinct content of this call, encoded and hashed once; sent with its first
+            // notification, named by the others.
+            let mut contents: HashMap<Content, String> = HashMap::new();
             for (i, item) in items {
-                let n = &item.notification;
+                let n = item.notification;
                 let first = n.route.first().copied().ok_or_else(|| {
                     StoreError::Internal(format!("notification {} has no route", n.id))
                 })?;
                 if !woken.contains(&first) {
                     woken.push(first);
                 }
-                let (ik, fp) = match &item.idem {
-                    Some(k) => (k.key.clone(), k.fingerprint.clone()),
+                let (ik, fp) = match item.idem {
+                    Some(k) => (k.key, k.fingerprint),
                     None => (String::new(), String::new()),
                 };
                 let labels = if n.labels.is_empty() {
@@ -654,39 +673,48 @@ impl Store for RedisStore {
                 } else {
                     rmp_serde::to_vec(&n.labels).unwrap_or_default()
                 };
-                let (record, shared) = stored_record(n);
-                let (chash, cblob, cttl) = match shared {
-                    Some((hash, blob)) => {
-                        // The content goes once per batch and shard; the others name it.
-                        let first_use = !sent_content.contains(&hash);
-                        let ttl = (n.send_at - now).max(0) + self.retention_ms + CONTENT_MARGIN_MS;
-                        if first_use {
-                            sent_content.push(hash.clone());
-                            (hash, blob, ttl)
-                        } else {
-                            (hash, Vec::new(), ttl)
-                        }
-                    }
-                    None => (String::new(), Vec::new(), 0),
-                };
-                args.extend([
+                let head = [
                     arg(&n.id),
                     arg(ik),
                     arg(fp),
-                    record,
                     arg(first.name()),
                     arg(n.priority.number()),
                     arg(n.send_at),
                     arg(n.expire_at),
                     arg(&n.campaign_id),
+                ];
+                let (record, shared) = stored_record(n);
+                let (chash, cblob) = match shared {
+                    Some(content) => match contents.get(&content) {
+                        Some(hash) => (hash.clone(), Vec::new()),
+                        None => {
+                            // Plain structs of strings and maps always serialize.
+                            let blob = rmp_serde::to_vec(&content).unwrap_or_default();
+                            let hash = content_hash(&blob);
+                            contents.insert(content, hash.clone());
+                            (hash, blob)
+                        }
+                    },
+                    None => (String::new(), Vec::new()),
+                };
+                let [id, ik, fp, ch, pr, due, exp, cmp] = head;
+                args.extend([
+                    id,
+                    ik,
+                    fp,
+                    record,
+                    ch,
+                    pr,
+                    due,
+                    exp,
+                    cmp,
                     labels,
                     arg(chash),
                     cblob,
-                    arg(cttl),
                 ]);
-                idx.push(*i);
+                idx.push(i);
             }
-            calls.push((&self.scripts.enqueue, prefix(*shard).into_bytes(), args));
+            calls.push((&self.scripts.enqueue, prefix(shard).into_bytes(), args));
             order.push(idx);
         }
         let replies = self.run(calls).await?;
@@ -1151,16 +1179,10 @@ impl Store for RedisStore {
         let mut r = self.query(&p).await?.into_iter();
         let rec = pairs(r.next().unwrap_or(Value::Nil));
         let events: Vec<Vec<u8>> = parse(r.next().unwrap_or(Value::Nil))?;
-        let Some(mut blob) = rec.get("d").map(bytes) else {
+        let Some(blob) = rec.get("d").map(bytes) else {
             return Ok(None);
         };
-        // A record over 64 bytes is kept in 64-byte parts (see enqueue.lua).
-        for part in ["d1", "d2", "d3"] {
-            match rec.get(part) {
-                Some(v) => blob.extend(bytes(v)),
-                None => break,
-            }
-        }
+        let blob = join_parts(blob, RECORD_PARTS.map(|k| rec.get(k).map(bytes)));
         let cn = rec.get("cn").map(text).unwrap_or_default();
         let cmp = rec.get("cmp").map(text).unwrap_or_default();
         let lb = rec.get("lb").map(bytes).unwrap_or_default();
@@ -1506,35 +1528,44 @@ impl Store for RedisStore {
                 .arg("cn")
                 .arg("cmp")
                 .arg("lb")
-                .arg("d1")
-                .arg("d2")
-                .arg("d3");
+                .arg(&RECORD_PARTS[..]);
         }
-        let mut out = Vec::with_capacity(ids.len());
+        type Row = (
+            Option<Vec<u8>>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        );
+        let mut rows = Vec::with_capacity(ids.len());
         for (v, (s, id)) in self.query(&p).await?.into_iter().zip(&ids) {
-            type Row = (
-                Option<Vec<u8>>,
-                Option<String>,
-                Option<String>,
-                Option<String>,
-                Option<Vec<u8>>,
-                Option<Vec<u8>>,
-                Option<Vec<u8>>,
-                Option<Vec<u8>>,
-            );
             let (blob, ri, cn, cmp, lb, d1, d2, d3): Row = parse(v)?;
-            if let Some(mut blob) = blob {
-                // A record over 64 bytes is kept in 64-byte parts (see enqueue.lua).
-                for part in [d1, d2, d3].into_iter().map_while(|p| p) {
-                    blob.extend(part);
-                }
+            if let Some(blob) = blob {
+                let blob = join_parts(blob, [d1, d2, d3]);
                 let cn = cn.unwrap_or_default();
-                let contents = self.contents(*s, std::slice::from_ref(&cn)).await?;
-                let cmp = cmp.unwrap_or_default();
-                let lb = lb.unwrap_or_default();
-                let n = restore(id, &blob, &cmp, &lb, &cn, &contents)?;
-                out.push((n, ri.and_then(|r| r.parse().ok()).unwrap_or(0)));
+                rows.push((*s, id, blob, ri, cn, cmp.unwrap_or_default(), lb));
             }
+        }
+        // The shared contents they name: one round trip per shard at most.
+        let mut contents = HashMap::new();
+        for shard in 0..self.shards {
+            let hashes: Vec<String> = rows
+                .iter()
+                .filter(|r| r.0 == shard && !r.4.is_empty())
+                .map(|r| r.4.clone())
+                .collect();
+            if !hashes.is_empty() {
+                contents.extend(self.contents(shard, &hashes).await?);
+            }
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for (_, id, blob, ri, cn, cmp, lb) in rows {
+            let lb = lb.unwrap_or_default();
+            let n = restore(id, &blob, &cmp, &lb, &cn, &contents)?;
+            out.push((n, ri.and_then(|r| r.parse().ok()).unwrap_or(0)));
         }
         Ok(out)
     }

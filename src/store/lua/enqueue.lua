@@ -1,19 +1,19 @@
--- ARGV[4] = idempotency TTL (ms); then 13 per item:
+-- ARGV[4] = idempotency TTL (ms), ARGV[5] = shared content TTL (ms); then 12 per item:
 -- id, idem key ('' = none), fingerprint, record blob, first channel, priority, due (ms),
 -- expire_at (ms), campaign, labels blob, shared content hash ('' = content in the record),
--- content blob ('' = sent with an earlier item), content TTL (ms).
+-- content blob ('' = sent with an earlier item).
 -- Fields with their default value (0, '') are not written: readers treat absent as default,
 -- and small records stay in Redis's compact hash encoding.
 -- Returns per item {kind, id, status}: kind ok | dup | conflict.
-local ittl = ARGV[4]
+local ittl, cttl = ARGV[4], ARGV[5]
 local out = {}
-local i = 5
-while i + 12 <= #ARGV do
+local i = 6
+while i + 11 <= #ARGV do
   local id, idem, fp, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local ch, pr, due, exp = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]), ARGV[i + 7]
   local cmp, lb = ARGV[i + 8], ARGV[i + 9]
-  local cn, cblob, cttl = ARGV[i + 10], ARGV[i + 11], ARGV[i + 12]
-  i = i + 13
+  local cn, cblob = ARGV[i + 10], ARGV[i + 11]
+  i = i + 12
   local done = false
   if idem ~= '' then
     local ik = P .. 'idem:' .. idem
