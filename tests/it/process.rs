@@ -295,12 +295,17 @@ async fn the_policy_file_applies_at_start_and_on_sighup_and_a_broken_one_is_refu
                 .into_inner()
         }
     };
-    let first = crate::harness::eventually(Duration::from_secs(10), || async {
-        let p = policy(&admin).await;
-        (p.version == 1).then_some(p)
-    })
-    .await
-    .expect("the file is applied at start");
+    let version = |v: u64| {
+        let admin = admin.clone();
+        async move {
+            crate::harness::eventually(Duration::from_secs(10), || async {
+                let p = policy(&admin).await;
+                (p.version == v).then_some(p)
+            })
+            .await
+        }
+    };
+    let first = version(1).await.expect("the file is applied at start");
     assert_eq!(first.document, v1);
     let author = first
         .history
@@ -321,12 +326,7 @@ async fn the_policy_file_applies_at_start_and_on_sighup_and_a_broken_one_is_refu
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(policy(&admin).await.version, 1, "no SIGHUP yet");
     hup(herald.child.id());
-    let second = crate::harness::eventually(Duration::from_secs(10), || async {
-        let p = policy(&admin).await;
-        (p.version == 2).then_some(p)
-    })
-    .await
-    .expect("SIGHUP applies the edited file");
+    let second = version(2).await.expect("SIGHUP applies the edited file");
     assert_eq!(second.document, v2);
     let diff = second
         .history
