@@ -73,9 +73,12 @@ impl Dispatcher {
                 for (n, last) in lanes.enumerate() {
                     let me = self.clone();
                     let stop = stop.clone();
-                    handles.push(tokio::spawn(async move {
-                        me.worker(channel, shard, n, last, stop).await
-                    }));
+                    let work = me.worker(channel, shard, n, last, stop);
+                    handles.push(if last == Priority::High {
+                        tokio::spawn(crate::store::high_lane(work))
+                    } else {
+                        tokio::spawn(work)
+                    });
                 }
             }
         }

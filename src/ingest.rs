@@ -122,7 +122,12 @@ impl Ingest {
     pub async fn send(&self, tenant: &str, draft: Draft) -> Result<Accepted, IngestError> {
         let item = self.prepare(tenant, draft, now_ms())?;
         let priority = item.notification.priority;
-        let mut out = self.store.enqueue(vec![item]).await?;
+        let write = self.store.enqueue(vec![item]);
+        let mut out = if priority == Priority::High {
+            crate::store::high_lane(write).await?
+        } else {
+            write.await?
+        };
         let r = out
             .pop()
             .ok_or_else(|| IngestError::Internal("store returned no result".into()))?;

@@ -195,11 +195,13 @@ pub fn watch_file(
                 let again = std::fs::metadata(&path)
                     .ok()
                     .and_then(|m| m.modified().ok().map(|t| (t, m.len())));
-                if again == stamp {
-                    last = stamp;
-                    apply_file(&live, &path).await;
+                if again != stamp {
+                    // Still being written: look again once it has settled.
+                    continue;
                 }
-                continue;
+                last = stamp;
+                apply_file(&live, &path).await;
+                // The next look is a check interval (or a SIGHUP) away, not at once.
             }
             #[cfg(unix)]
             let hup_fired = async {

@@ -19,6 +19,23 @@ use crate::model::{
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
 
+tokio::task_local! {
+    /// Set while a task does HIGH-priority work (a HIGH `Send`, the HIGH-only dispatch
+    /// workers): the Redis store gives that work its own connection, so a HIGH notification's
+    /// commands never wait in line behind the BULK drain's batch scripts on the shared one.
+    static HIGH_LANE: ();
+}
+
+/// Runs `f` as HIGH-priority store work (see `HIGH_LANE`).
+pub async fn high_lane<F: std::future::Future>(f: F) -> F::Output {
+    HIGH_LANE.scope((), f).await
+}
+
+/// Whether the current task is doing HIGH-priority store work.
+pub fn in_high_lane() -> bool {
+    HIGH_LANE.try_with(|_| ()).is_ok()
+}
+
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum StoreError {
     /// The backing store cannot be reached now; callers answer UNAVAILABLE and retry.

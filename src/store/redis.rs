@@ -176,6 +176,13 @@ impl ConnectionLike for Conn {
 
 pub struct RedisStore {
     conn: Conn,
+    /// Notifications' worth of work sent on the shared connection and not yet answered (see
+    /// `query_w`): it bounds how long a HIGH command waits behind it in Redis.
+    queued: WorkGate,
+    /// The HIGH lane's own connection (`super::high_lane`): Redis answers a connection's
+    /// commands in order, so on the shared one a HIGH claim would queue behind every BULK
+    /// script already sent.
+    conn_high: Conn,
     scripts: Scripts,
     shards: u16,
     signal: QueueSignal,
@@ -187,6 +194,44 @@ pub struct RedisStore {
     timeout: Duration,
     /// Campaign content by hash: immutable, so cached for good (bounded).
     contents: std::sync::Mutex<HashMap<String, std::sync::Arc<Content>>>,
+}
+
+/// Notifications' worth of dispatch work (claims, finishes) the shared connection has in
+/// flight at most: enough to keep Redis busy, little enough that a HIGH command on its own
+/// connection waits a few milliseconds behind it in Redis, not the hundred a whole BULK
+/// drain's scripts took (HIGH p99 accept → platform 269 → 129 ms, `herald-load run priority`).
+const QUEUED_WORK: usize = 128;
+
+/// Bounds the work sent on the shared connection and not yet answered; the HIGH lane passes.
+struct WorkGate {
+    room: tokio::sync::Semaphore,
+    /// The most one pipeline takes (half: two big ones are always in flight together).
+    max_weight: usize,
+}
+
+impl WorkGate {
+    fn new(capacity: usize) -> Self {
+        Self {
+            room: tokio::sync::Semaphore::new(capacity),
+            max_weight: (capacity / 2).max(1),
+        }
+    }
+
+    /// Waits until `weight` more fits; the permit is the turn, held until the answer is in.
+    async fn enter(
+        &self,
+        weight: usize,
+    ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, StoreError> {
+        if super::in_high_lane() {
+            return Ok(None);
+        }
+        let w = weight.clamp(1, self.max_weight) as u32;
+        self.room
+            .acquire_many(w)
+            .await
+            .map(Some)
+            .map_err(|_| StoreError::Internal("the Redis work gate is closed".into()))
+    }
 }
 
 /// Content cached in process at most (then the cache starts over).
@@ -353,7 +398,7 @@ impl RedisStore {
             .clone()
             .ok_or_else(|| StoreError::Internal("redis.url is not set".into()))?;
         let timeout = cfg.command_timeout.0;
-        let conn = if cfg.cluster {
+        let (conn, conn_high) = if cfg.cluster {
             let mut nodes = vec![url];
             nodes.extend(cfg.cluster_nodes.iter().cloned());
             let client = redis::cluster::ClusterClientBuilder::new(nodes)
@@ -361,7 +406,9 @@ impl RedisStore {
                 .response_timeout(timeout)
                 .build()
                 .map_err(map_err)?;
-            Conn::Cluster(client.get_async_connection().await.map_err(map_err)?)
+            let shared = client.get_async_connection().await.map_err(map_err)?;
+            let high = client.get_async_connection().await.map_err(map_err)?;
+            (Conn::Cluster(shared), Conn::Cluster(high))
         } else {
             let client = redis::Client::open(url.as_str()).map_err(map_err)?;
             let mc = ConnectionManagerConfig::new()
@@ -369,15 +416,20 @@ impl RedisStore {
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(500));
-            Conn::Single(
-                client
-                    .get_connection_manager_with_config(mc)
-                    .await
-                    .map_err(map_err)?,
-            )
+            let shared = client
+                .get_connection_manager_with_config(mc.clone())
+                .await
+                .map_err(map_err)?;
+            let high = client
+                .get_connection_manager_with_config(mc)
+                .await
+                .map_err(map_err)?;
+            (Conn::Single(shared), Conn::Single(high))
         };
         Ok(Self {
             conn,
+            queued: WorkGate::new(QUEUED_WORK),
+            conn_high,
             scripts: Scripts::new(),
             shards: cfg.shards,
             signal: QueueSignal::new(),
@@ -398,11 +450,23 @@ impl RedisStore {
     }
 
     fn conn(&self) -> Conn {
-        self.conn.clone()
+        if super::in_high_lane() {
+            self.conn_high.clone()
+        } else {
+            self.conn.clone()
+        }
     }
 
     /// Runs one pipeline with a bound on how long it may take.
     async fn query(&self, pipe: &Pipeline) -> Result<Vec<Value>, StoreError> {
+        self.query_w(pipe, 1).await
+    }
+
+    /// `query` for a pipeline doing about `weight` notifications' work. Outside the HIGH lane
+    /// it first takes that much of `queued`: Redis runs a connection's commands in order and
+    /// whole, so what is sent and not yet answered is what a HIGH command would wait behind.
+    async fn query_w(&self, pipe: &Pipeline, weight: usize) -> Result<Vec<Value>, StoreError> {
+        let _turn = self.queued.enter(weight).await?;
         let mut c = self.conn();
         match tokio::time::timeout(self.timeout, pipe.query_async::<Vec<Value>>(&mut c)).await {
             Ok(r) => r.map_err(map_err),
@@ -415,6 +479,15 @@ impl RedisStore {
     /// Runs script calls in one pipeline; where Redis has lost the scripts (a restart), loads
     /// them and runs just those calls again. Server errors become `StoreError::Internal`.
     async fn run(&self, calls: Vec<ScriptCall<'_>>) -> Result<Vec<Value>, StoreError> {
+        self.run_w(calls, 1).await
+    }
+
+    /// `run` for calls doing about `weight` notifications' work (see `query_w`).
+    async fn run_w(
+        &self,
+        calls: Vec<ScriptCall<'_>>,
+        weight: usize,
+    ) -> Result<Vec<Value>, StoreError> {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
@@ -433,7 +506,7 @@ impl RedisStore {
             p
         };
         let all: Vec<usize> = (0..calls.len()).collect();
-        let mut out = self.query(&build(&all)).await?;
+        let mut out = self.query_w(&build(&all), weight).await?;
         let missing: Vec<usize> = all
             .iter()
             .copied()
@@ -450,7 +523,7 @@ impl RedisStore {
                 }
             }
             self.query(&load).await?;
-            let again = self.query(&build(&missing)).await?;
+            let again = self.query_w(&build(&missing), weight).await?;
             for (i, v) in missing.into_iter().zip(again) {
                 out[i] = v;
             }
@@ -717,6 +790,8 @@ impl Store for RedisStore {
             calls.push((&self.scripts.enqueue, prefix(shard).into_bytes(), args));
             order.push(idx);
         }
+        // Weight 1: a caller waits on it, and how much a caller sends at once is bounded by
+        // its own requests in flight; the gate is for the dispatch drain's batch scripts.
         let replies = self.run(calls).await?;
         self.wait_for_replicas().await?;
         let mut out: Vec<Option<Enqueued>> = vec![None; total];
@@ -758,11 +833,10 @@ impl Store for RedisStore {
             arg(last.number()),
         ]);
         let reply = self
-            .run(vec![(
-                &self.scripts.claim,
-                prefix(shard).into_bytes(),
-                args,
-            )])
+            .run_w(
+                vec![(&self.scripts.claim, prefix(shard).into_bytes(), args)],
+                count,
+            )
             .await?
             .pop()
             .unwrap_or(Value::Nil);
@@ -809,6 +883,7 @@ impl Store for RedisStore {
         if done.is_empty() {
             return Ok(0);
         }
+        let n_done = done.len();
         let mut args = self.common_args(now);
         args.extend([arg(channel.name()), arg(consumer)]);
         let mut provider_ids = Vec::new();
@@ -953,11 +1028,10 @@ impl Store for RedisStore {
             ]);
         }
         let reply = self
-            .run(vec![(
-                &self.scripts.finish,
-                prefix(shard).into_bytes(),
-                args,
-            )])
+            .run_w(
+                vec![(&self.scripts.finish, prefix(shard).into_bytes(), args)],
+                n_done,
+            )
             .await?
             .pop()
             .unwrap_or(Value::Nil);
@@ -1732,6 +1806,31 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_work_gate_holds_back_bulk_work_and_lets_the_high_lane_pass() {
+        let gate = WorkGate::new(8);
+        // Two turns of the biggest size (half the gate each) fill it.
+        let a = gate.enter(100).await.expect("open");
+        let b = gate.enter(4).await.expect("open");
+        assert!(a.is_some() && b.is_some());
+        let blocked = tokio::time::timeout(Duration::from_millis(50), gate.enter(1)).await;
+        assert!(blocked.is_err(), "a full gate lets more work in");
+        let high = tokio::time::timeout(
+            Duration::from_millis(50),
+            super::super::high_lane(gate.enter(1)),
+        )
+        .await
+        .expect("the HIGH lane waited behind BULK work")
+        .expect("open");
+        assert!(high.is_none(), "the HIGH lane took room in the gate");
+        drop(b);
+        let c = tokio::time::timeout(Duration::from_millis(500), gate.enter(4))
+            .await
+            .expect("room freed by an answer is taken")
+            .expect("open");
+        assert!(c.is_some());
+    }
 
     #[test]
     fn cursors_round_trip() {

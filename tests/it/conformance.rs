@@ -998,3 +998,32 @@ pub async fn policy_versions(s: Subject) {
     );
     assert_eq!(h[1].applied_at, 1_000);
 }
+
+/// Redis only: work done on the HIGH lane goes over a connection of its own, so it never waits
+/// behind the BULK drain's scripts queued on the shared one.
+#[tokio::test]
+async fn redis_high_lane_has_its_own_connection() {
+    let s = redis_with(1).await;
+    let st = &*s.store;
+    let server = s.redis.as_ref().expect("redis");
+    // The ids of the clients whose last command was `cmd`.
+    let last = |cmd: &str| -> Vec<String> {
+        let list = server.cmd(&["CLIENT", "LIST"]);
+        list.lines()
+            .filter(|l| l.split(' ').any(|f| f == format!("cmd={cmd}")))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_string)
+            .collect()
+    };
+    // A HIGH enqueue, then an ordinary ping: two clients.
+    herald::store::high_lane(enqueue(st, note(st, vec![Channel::Webhook]))).await;
+    st.ping().await.expect("ping");
+    let (high, shared) = (last("evalsha"), last("ping"));
+    assert_eq!((high.len(), shared.len()), (1, 1), "{high:?} {shared:?}");
+    assert_ne!(high, shared);
+    // The other way round: each lane keeps its connection.
+    enqueue(st, note(st, vec![Channel::Webhook])).await;
+    herald::store::high_lane(st.ping()).await.expect("ping");
+    assert_eq!(last("evalsha"), shared);
+    assert_eq!(last("ping"), high);
+}

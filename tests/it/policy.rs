@@ -593,7 +593,9 @@ async fn silent_throttling_is_absorbed_and_nothing_fails() {
         })
         .collect();
     assert_eq!(ids.len(), 200);
-    let done = crate::harness::eventually(Duration::from_secs(60), || async {
+    // 20 s at the platform's 10/s once converged; about 40 s alone with the probing, and up to
+    // 60 s on a loaded machine (a CI run ran out at 60): the bound is on losing, not on speed.
+    let done = crate::harness::eventually(Duration::from_secs(150), || async {
         (mock.mock.accepted("twilio").len() >= 200).then_some(())
     })
     .await;

@@ -46,8 +46,9 @@ for pr = 1, last do
     if not id then
       ack(key, eid)
     else
-      local f = redis.call('HMGET', P .. 'n:' .. id, 's', 'cmp', 'exp', 'd', 'ri', 'a', 'ca', 'cn', 'lb',
-        'd1', 'd2', 'd3')
+      local rk = P .. 'n:' .. id
+      local f = redis.call('HMGET', rk, 's', 'cmp', 'exp', 'd', 'ri', 'a', 'ca', 'cn', 'lb',
+        'd1', 'd2', 'd3', 'c')
       local st = tonumber(f[1])
       local cmp = str(f[2])
       local exp = tonumber(f[3]) or 0
@@ -64,7 +65,11 @@ for pr = 1, last do
         emit(id, 11, NOW)
         retain(id)
       else
-        if st ~= 4 then set_status(id, 4) end
+        if st ~= 4 then
+          -- set_status with the fields read above.
+          redis.call('HSET', rk, 's', 4)
+          count(cmp, str(f[13]), st, str(f[13]), 4)
+        end
         local blob = f[4]
         if f[10] then blob = blob .. f[10] .. str(f[11]) .. str(f[12]) end
         out[#out + 1] = {pr, eid, blob, str(f[5]), str(f[6]), str(f[7]), str(f[8]), id, cmp, str(f[9])}

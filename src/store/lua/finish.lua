@@ -34,56 +34,64 @@ while i + 11 <= #ARGV do
   if owned(key, eid) then
     applied = applied + 1
     ack(key, eid)
-    local rk = P .. 'n:' .. id
-    if redis.call('EXISTS', rk) == 1 then
-      local attno
+    -- One read of the record, one write of its fields, one append to its history.
+    local r = load(id)
+    if r then
+      local attno = r.a
       if att ~= '' then
-        attno = redis.call('HINCRBY', rk, 'a', 1)
-        redis.call('HINCRBY', rk, 'ca', 1)
-        redis.call('RPUSH', P .. 'ev:' .. id, 'a' .. att)
-      else
-        attno = tonumber(redis.call('HGET', rk, 'a')) or 0
+        attno = r.a + 1
+        put(r, 'a', attno)
+        put(r, 'ca', r.ca + 1)
+        r.hist[#r.hist + 1] = 'a' .. att
       end
-      local cst = tonumber(redis.call('HGET', rk, 's'))
       if act == 'sent' then
         local nst = tonumber(a1)
-        if pid ~= '' then redis.call('HSET', rk, 'pid', pid) end
+        if pid ~= '' then put(r, 'pid', pid) end
         local c = tonumber(cost) or 0
         if c ~= 0 then
-          redis.call('HINCRBY', rk, 'cost', c)
-          redis.call('HSET', rk, 'cur', cur)
-          local cmp = str(redis.call('HGET', rk, 'cmp'))
-          if cmp ~= '' then redis.call('HINCRBY', P .. 'camp:' .. cmp, 'cost', c) end
+          redis.call('HINCRBY', r.rk, 'cost', c)
+          put(r, 'cur', cur)
+          if r.cmp ~= '' then redis.call('HINCRBY', P .. 'camp:' .. r.cmp, 'cost', c) end
         end
-        if may_move(cst, nst) then
-          set_status(id, nst)
-          emit(id, nst, NOW, pid, '', '', attno, c, cur)
+        if may_move(r.s, nst) then
+          move(r, nst)
+          receipt(r, nst, NOW, pid, '', '', attno, c, cur)
         end
+        save(r)
         retain(id)
       elseif act == 'retry' then
-        set_status(id, 5)
+        move(r, 5)
         redis.call('ZADD', P .. 'delayed', tonumber(a1), id)
-        emit(id, 5, NOW, '', ec, code, attno)
+        receipt(r, 5, NOW, '', ec, code, attno)
+        save(r)
       elseif act == 'fallback' then
-        redis.call('HSET', rk, 'ri', a1, 'ca', 0)
-        set_status(id, 3, a2)
+        -- After the attempt counted above: the next channel starts at 0.
+        put(r, 'ri', a1)
+        put(r, 'ca', 0)
+        move(r, 3, a2)
+        save(r)
         redis.call('XADD', P .. 'ready:' .. a2 .. ':' .. pr, '*', 'id', id)
       elseif act == 'fail' then
-        set_status(id, 10)
+        move(r, 10)
         if a1 == '1' then
           redis.call('XADD', P .. 'dead:' .. ch, 'MAXLEN', '~', 100000, '*',
             'id', id, 'ec', ec, 'code', code, 'msg', a2, 'at', NOW)
         end
-        emit(id, 10, NOW, '', ec, code, attno)
+        receipt(r, 10, NOW, '', ec, code, attno)
+        save(r)
         retain(id)
       elseif act == 'final' then
         local nst = tonumber(a1)
-        set_status(id, nst)
-        emit(id, nst, NOW)
+        move(r, nst)
+        receipt(r, nst, NOW)
+        save(r)
         retain(id)
       elseif act == 'requeue' then
-        set_status(id, 3)
+        move(r, 3)
+        save(r)
         redis.call('XADD', key, '*', 'id', id)
+      else
+        save(r)
       end
     end
   end

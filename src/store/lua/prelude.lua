@@ -101,6 +101,55 @@ local function emit(id, st, at, pid, ec, code, att, cost, cur)
     'r' .. table.concat({st, ch, at, pid, ec, code, att, cost, cur}, '\31'))
 end
 
+-- The fields of record `id` most steps need, read in one call (nil: the record is gone).
+-- Writes to it are queued with put/move/receipt and made by save: one HSET and one RPUSH
+-- however many fields and history entries a step changes.
+local function load(id)
+  local rk = P .. 'n:' .. id
+  local f = redis.call('HMGET', rk, 's', 'c', 'cmp', 'lb', 'a', 'ca')
+  local s = tonumber(f[1])
+  if not s then return nil end
+  return {id = id, rk = rk, s = s, c = str(f[2]), cmp = str(f[3]), lb = str(f[4]),
+    a = tonumber(f[5]) or 0, ca = tonumber(f[6]) or 0, set = {}, hist = {}}
+end
+
+local function put(r, k, v)
+  r.set[#r.set + 1] = k
+  r.set[#r.set + 1] = v
+end
+
+-- set_status for a loaded record.
+local function move(r, nst, nch)
+  count(r.cmp, r.c, r.s, nch or r.c, nst)
+  put(r, 's', nst)
+  if nch then
+    put(r, 'c', nch)
+    r.c = nch
+  end
+  r.s = nst
+end
+
+-- emit for a loaded record: the receipt stream now, the history at save.
+local function receipt(r, st, at, pid, ec, code, att, cost, cur)
+  pid = pid or ''
+  ec = ec or ''
+  code = code or ''
+  att = att or 0
+  cost = cost or 0
+  cur = cur or ''
+  redis.call('XADD', P .. 'receipts', 'MAXLEN', '~', MAXR, '*',
+    'id', r.id, 'st', st, 'ch', r.c, 'at', at, 'pid', pid, 'ec', ec, 'code', code,
+    'att', att, 'cost', cost, 'cur', cur, 'cmp', r.cmp, 'lb', r.lb)
+  r.hist[#r.hist + 1] = 'r' .. table.concat({st, r.c, at, pid, ec, code, att, cost, cur}, '\31')
+end
+
+local function save(r)
+  if #r.set > 0 then redis.call('HSET', r.rk, unpack(r.set)) end
+  if #r.hist > 0 then redis.call('RPUSH', P .. 'ev:' .. r.id, unpack(r.hist)) end
+  r.set = {}
+  r.hist = {}
+end
+
 -- A finished record is kept for `KEEP` ms for GetNotification, then goes.
 local function retain(id)
   redis.call('PEXPIRE', P .. 'n:' .. id, KEEP)

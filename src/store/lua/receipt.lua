@@ -6,10 +6,11 @@ local i = 4
 while i + 6 <= #ARGV do
   local id, st, at, pid, ec, code = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   i = i + 7
-  local cst = tonumber(redis.call('HGET', P .. 'n:' .. id, 's'))
-  if cst and may_move(cst, st) then
-    set_status(id, st)
-    emit(id, st, at, pid, ec, code)
+  local r = load(id)
+  if r and may_move(r.s, st) then
+    move(r, st)
+    receipt(r, st, at, pid, ec, code)
+    save(r)
     applied = applied + 1
   end
 end
