@@ -9,13 +9,13 @@ if kind == 'n' then
   if st == 1 or st == 2 or st == 3 or st == 5 then
     redis.call('ZREM', P .. 'delayed', what)
     set_status(what, 12)
-    emit(what, 12, NOW)
+    emit(what, 12, NOWS)
     retain(what)
     return {1, 12}
   end
   return {0, st}
 end
-redis.call('SET', P .. 'cxl:' .. what, NOW, 'PX', KEEP)
+redis.call('SET', P .. 'cxl:' .. what, NOWS, 'PX', KEEP)
 local f = redis.call('HMGET', P .. 'camp:' .. what, 's1', 's2', 's3', 's5')
 local waiting = 0
 for _, v in ipairs(f) do waiting = waiting + (tonumber(v) or 0) end

@@ -57,17 +57,17 @@ for pr = 1, last do
       elseif canceled(cmp) then
         ack(key, eid)
         set_status(id, 12)
-        emit(id, 12, NOW)
+        emit(id, 12, NOWS)
         retain(id)
       elseif exp > 0 and NOW >= exp then
         ack(key, eid)
         set_status(id, 11)
-        emit(id, 11, NOW)
+        emit(id, 11, NOWS)
         retain(id)
       else
         if st ~= 4 then
           -- set_status with the fields read above.
-          redis.call('HSET', rk, 's', 4)
+          redis.call('HSET', rk, 's', '4')
           count(cmp, str(f[13]), st, str(f[13]), 4)
         end
         local blob = f[4]

@@ -41,13 +41,13 @@ while i + 11 <= #ARGV do
     local f
     local n = #blob
     if n <= 64 or n > 256 then
-      f = {'d', blob, 's', st, 'c', ch, 'p', pr}
+      f = {'d', blob, 's', txt(st), 'c', ch, 'p', pr}
     else
-      f = {'d', string.sub(blob, 1, 64), 's', st, 'c', ch, 'p', pr}
+      f = {'d', string.sub(blob, 1, 64), 's', txt(st), 'c', ch, 'p', pr}
       local part = 1
       local from = 65
       while from <= n do
-        f[#f + 1] = 'd' .. part
+        f[#f + 1] = 'd' .. txt(part)
         f[#f + 1] = string.sub(blob, from, from + 63)
         part = part + 1
         from = from + 64

@@ -40,8 +40,8 @@ while i + 11 <= #ARGV do
       local attno = r.a
       if att ~= '' then
         attno = r.a + 1
-        put(r, 'a', attno)
-        put(r, 'ca', r.ca + 1)
+        put(r, 'a', txt(attno))
+        put(r, 'ca', txt(r.ca + 1))
         r.hist[#r.hist + 1] = 'a' .. att
       end
       if act == 'sent' then
@@ -49,20 +49,20 @@ while i + 11 <= #ARGV do
         if pid ~= '' then put(r, 'pid', pid) end
         local c = tonumber(cost) or 0
         if c ~= 0 then
-          redis.call('HINCRBY', r.rk, 'cost', c)
+          redis.call('HINCRBY', r.rk, 'cost', cost)
           put(r, 'cur', cur)
-          if r.cmp ~= '' then redis.call('HINCRBY', P .. 'camp:' .. r.cmp, 'cost', c) end
+          if r.cmp ~= '' then redis.call('HINCRBY', P .. 'camp:' .. r.cmp, 'cost', cost) end
         end
         if may_move(r.s, nst) then
           move(r, nst)
-          receipt(r, nst, NOW, pid, '', '', attno, c, cur)
+          receipt(r, nst, NOWS, pid, '', '', attno, c ~= 0 and cost or '0', cur)
         end
         save(r)
         retain(id)
       elseif act == 'retry' then
         move(r, 5)
-        redis.call('ZADD', P .. 'delayed', tonumber(a1), id)
-        receipt(r, 5, NOW, '', ec, code, attno)
+        redis.call('ZADD', P .. 'delayed', a1, id)
+        receipt(r, 5, NOWS, '', ec, code, attno)
         save(r)
       elseif act == 'fallback' then
         -- After the attempt counted above: the next channel starts at 0.
@@ -75,15 +75,15 @@ while i + 11 <= #ARGV do
         move(r, 10)
         if a1 == '1' then
           redis.call('XADD', P .. 'dead:' .. ch, 'MAXLEN', '~', 100000, '*',
-            'id', id, 'ec', ec, 'code', code, 'msg', a2, 'at', NOW)
+            'id', id, 'ec', ec, 'code', code, 'msg', a2, 'at', NOWS)
         end
-        receipt(r, 10, NOW, '', ec, code, attno)
+        receipt(r, 10, NOWS, '', ec, code, attno)
         save(r)
         retain(id)
       elseif act == 'final' then
         local nst = tonumber(a1)
         move(r, nst)
-        receipt(r, nst, NOW)
+        receipt(r, nst, NOWS)
         save(r)
         retain(id)
       elseif act == 'requeue' then

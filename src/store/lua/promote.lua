@@ -11,7 +11,7 @@ for _, id in ipairs(ids) do
     local cmp = str(f[4])
     if canceled(cmp) then
       set_status(id, 12)
-      emit(id, 12, NOW)
+      emit(id, 12, NOWS)
       retain(id)
     else
       set_status(id, 3)
