@@ -745,9 +745,12 @@ pub(crate) fn route_context_for(
     let mut ctx = RouteContext {
         start_index: route_index,
         paused,
-        sms_segments: sms::count_segments(&sms::message_text(n)).segments as u32,
         ..Default::default()
     };
+    // Only SMS is priced per segment: counted when SMS is still ahead in the route.
+    if n.route.iter().skip(route_index).any(|c| *c == Channel::Sms) {
+        ctx.sms_segments = sms::count_segments(&sms::message_text(n)).segments as u32;
+    }
     for ch in n.route.iter().skip(route_index) {
         let states = n.recipient.addresses(*ch).into_iter().map(|a| {
             usage

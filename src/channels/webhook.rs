@@ -96,7 +96,8 @@ impl Webhook {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(super::MAX_IDLE_PER_HOST)
+            .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("http client: {e}"))?;
