@@ -45,10 +45,28 @@ impl Bins {
     }
 }
 
-/// A free loopback port (bound then released; the child binds it right after).
+/// A loopback port that was free a moment ago (the child binds it right after), from below
+/// the kernel's ephemeral range (32768–60999 on Linux): a port `bind(0)` handed out and that
+/// was released can go to the next outgoing connection of any process before the child binds
+/// it (the test harness met that in CI); ports below the range are never handed out so.
 pub fn free_port() -> Result<u16> {
-    let l = StdListener::bind("127.0.0.1:0").context("binding a free loopback port")?;
-    Ok(l.local_addr()?.port())
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 32_768 - LOW;
+    // A different walk per call and process, without a random-number crate.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for i in 0..SPAN {
+        // 7,919 is prime and does not divide the span: the walk visits every port once.
+        let port = LOW + (seed.wrapping_add(i.wrapping_mul(7_919))) % SPAN;
+        let port = u16::try_from(port).context("port out of range")?;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port between {LOW} and 32767")
 }
 
 /// A temporary directory removed on drop.
@@ -386,6 +404,15 @@ pub async fn start_bare_grpc(this: &Path) -> Result<(Child, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_come_from_below_the_ephemeral_range_and_bind() {
+        for _ in 0..20 {
+            let p = free_port().expect("a free port");
+            assert!((20_000..32_768).contains(&p), "{p}");
+            assert!(StdListener::bind(("127.0.0.1", p)).is_ok(), "{p} is taken");
+        }
+    }
 
     #[test]
     fn generated_config_parses_and_points_at_our_ports() {
