@@ -465,11 +465,18 @@ impl RedisStore {
     /// `query` for a pipeline doing about `weight` notifications' work. Outside the HIGH lane
     /// it first takes that much of `queued`: Redis runs a connection's commands in order and
     /// whole, so what is sent and not yet answered is what a HIGH command would wait behind.
+    /// The wait for the gate counts against `redis.command_timeout` too: while Redis is away
+    /// a call fails in that time, not after everything ahead of it has failed.
     async fn query_w(&self, pipe: &Pipeline, weight: usize) -> Result<Vec<Value>, StoreError> {
-        let _turn = self.queued.enter(weight).await?;
-        let mut c = self.conn();
-        match tokio::time::timeout(self.timeout, pipe.query_async::<Vec<Value>>(&mut c)).await {
-            Ok(r) => r.map_err(map_err),
+        let call = async {
+            let _turn = self.queued.enter(weight).await?;
+            let mut c = self.conn();
+            pipe.query_async::<Vec<Value>>(&mut c)
+                .await
+                .map_err(map_err)
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
             Err(_) => Err(StoreError::Unavailable(
                 "redis did not answer in time".into(),
             )),
