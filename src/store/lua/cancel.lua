@@ -4,13 +4,12 @@
 -- returns {waiting, 0}: how many of it were waiting here.
 local kind, what = ARGV[4], ARGV[5]
 if kind == 'n' then
-  local st = tonumber(redis.call('HGET', P .. 'n:' .. what, 's'))
-  if not st then return {0, 0} end
+  local r = load(what)
+  if not r then return {0, 0} end
+  local st = r.s
   if st == 1 or st == 2 or st == 3 or st == 5 then
     redis.call('ZREM', P .. 'delayed', what)
-    set_status(what, 12)
-    emit(what, 12, NOWS)
-    retain(what)
+    close(r, 12)
     return {1, 12}
   end
   return {0, st}

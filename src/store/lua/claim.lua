@@ -56,17 +56,13 @@ for pr = 1, last do
         ack(key, eid)
       elseif canceled(cmp) then
         ack(key, eid)
-        set_status(id, 12)
-        emit(id, 12, NOWS)
-        retain(id)
+        close(load(id), 12)
       elseif exp > 0 and NOW >= exp then
         ack(key, eid)
-        set_status(id, 11)
-        emit(id, 11, NOWS)
-        retain(id)
+        close(load(id), 11)
       else
         if st ~= 4 then
-          -- set_status with the fields read above.
+          -- move() with the fields read above.
           redis.call('HSET', rk, 's', '4')
           count(cmp, str(f[13]), st, str(f[13]), 4)
         end

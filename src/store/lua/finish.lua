@@ -81,11 +81,7 @@ while i + 11 <= #ARGV do
         save(r)
         retain(id)
       elseif act == 'final' then
-        local nst = tonumber(a1)
-        move(r, nst)
-        receipt(r, nst, NOWS)
-        save(r)
-        retain(id)
+        close(r, tonumber(a1))
       elseif act == 'requeue' then
         move(r, 3)
         save(r)

@@ -80,52 +80,16 @@ local function flush_counts()
   TALLY = {}
 end
 
--- Moves a notification to status `nst` (and channel `nch` when given), keeping counters.
-local function set_status(id, nst, nch)
-  local rk = P .. 'n:' .. id
-  local f = redis.call('HMGET', rk, 's', 'c', 'cmp')
-  local ost = tonumber(f[1])
-  local och = str(f[2])
-  if nch then
-    redis.call('HSET', rk, 's', txt(nst), 'c', nch)
-  else
-    redis.call('HSET', rk, 's', txt(nst))
-    nch = och
-  end
-  count(str(f[3]), och, ost, nch, nst)
-  return ost
-end
-
--- Appends a receipt to the shard's receipt stream and to the notification's history.
-local function emit(id, st, at, pid, ec, code, att, cost, cur)
-  local rk = P .. 'n:' .. id
-  local f = redis.call('HMGET', rk, 'c', 'cmp', 'lb')
-  local ch = str(f[1])
-  st = txt(st)
-  at = txt(at)
-  pid = pid or ''
-  ec = ec or ''
-  code = code or ''
-  att = txt(att or 0)
-  cost = txt(cost or 0)
-  cur = cur or ''
-  redis.call('XADD', P .. 'receipts', 'MAXLEN', '~', MAXR, '*',
-    'id', id, 'st', st, 'ch', ch, 'at', at, 'pid', pid, 'ec', ec, 'code', code,
-    'att', att, 'cost', cost, 'cur', cur, 'cmp', str(f[2]), 'lb', str(f[3]))
-  redis.call('RPUSH', P .. 'ev:' .. id,
-    'r' .. table.concat({st, ch, at, pid, ec, code, att, cost, cur}, '\31'))
-end
-
 -- The fields of record `id` most steps need, read in one call (nil: the record is gone).
 -- Writes to it are queued with put/move/receipt and made by save: one HSET and one RPUSH
 -- however many fields and history entries a step changes.
 local function load(id)
   local rk = P .. 'n:' .. id
-  local f = redis.call('HMGET', rk, 's', 'c', 'cmp', 'lb', 'a', 'ca')
+  local f = redis.call('HMGET', rk, 's', 'c', 'cmp', 'lb', 'a', 'ca', 'p')
   local s = tonumber(f[1])
   if not s then return nil end
   return {id = id, rk = rk, s = s, c = str(f[2]), cmp = str(f[3]), lb = str(f[4]),
-    a = tonumber(f[5]) or 0, ca = tonumber(f[6]) or 0, set = {}, hist = {}}
+    a = tonumber(f[5]) or 0, ca = tonumber(f[6]) or 0, p = str(f[7]), set = {}, hist = {}}
 end
 
 local function put(r, k, v)
@@ -133,7 +97,7 @@ local function put(r, k, v)
   r.set[#r.set + 1] = v
 end
 
--- set_status for a loaded record.
+-- Moves a loaded record to status `nst` (and channel `nch` when given), keeping counters.
 local function move(r, nst, nch)
   count(r.cmp, r.c, r.s, nch or r.c, nst)
   put(r, 's', txt(nst))
@@ -144,7 +108,7 @@ local function move(r, nst, nch)
   r.s = nst
 end
 
--- emit for a loaded record: the receipt stream now, the history at save.
+-- A receipt of a loaded record: to the shard's receipt stream now, to its history at save.
 local function receipt(r, st, at, pid, ec, code, att, cost, cur)
   st = txt(st)
   at = txt(at)
@@ -171,6 +135,14 @@ end
 local function retain(id)
   redis.call('PEXPIRE', P .. 'n:' .. id, KEEP)
   redis.call('PEXPIRE', P .. 'ev:' .. id, KEEP)
+end
+
+-- Ends a loaded record at status `st` now: its receipt, written, kept for `KEEP` ms.
+local function close(r, st)
+  move(r, st)
+  receipt(r, st, NOWS)
+  save(r)
+  retain(r.id)
 end
 
 local function ack(key, eid)

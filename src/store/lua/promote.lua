@@ -5,17 +5,14 @@ local ids = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', NOW, 'LIMIT', 0,
 local moved = 0
 for _, id in ipairs(ids) do
   redis.call('ZREM', P .. 'delayed', id)
-  local f = redis.call('HMGET', P .. 'n:' .. id, 's', 'c', 'p', 'cmp')
-  local st = tonumber(f[1])
-  if st == 2 or st == 5 then
-    local cmp = str(f[4])
-    if canceled(cmp) then
-      set_status(id, 12)
-      emit(id, 12, NOWS)
-      retain(id)
+  local r = load(id)
+  if r and (r.s == 2 or r.s == 5) then
+    if canceled(r.cmp) then
+      close(r, 12)
     else
-      set_status(id, 3)
-      redis.call('XADD', P .. 'ready:' .. f[2] .. ':' .. f[3], '*', 'id', id)
+      move(r, 3)
+      save(r)
+      redis.call('XADD', P .. 'ready:' .. r.c .. ':' .. r.p, '*', 'id', id)
       moved = moved + 1
     end
   end
