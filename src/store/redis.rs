@@ -24,10 +24,11 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// A Herald script: the prelude, then the body run as a function, then the campaign counters
 /// it moved written once per campaign and field (a batch moves many notifications of one
-/// campaign: one HINCRBY per field instead of four per notification).
+/// campaign: one HINCRBY per field instead of four per notification), and the ready-stream
+/// entries it acknowledged, one XACK and one XDEL per stream.
 fn script(body: &str) -> Script {
     Script::new(&format!(
-        "{PRELUDE}\nlocal function body()\n{body}\nend\nlocal reply = body()\nflush_counts()\nreturn reply\n"
+        "{PRELUDE}\nlocal function body()\n{body}\nend\nlocal reply = body()\nflush_counts()\nflush_acks()\nreturn reply\n"
     ))
 }
 
@@ -274,6 +275,24 @@ fn join_parts(mut blob: Vec<u8>, parts: impl IntoIterator<Item = Option<Vec<u8>>
         blob.extend(part);
     }
     blob
+}
+
+/// A record's history entries (attempts and receipts), oldest first: fields `h1`..`h<hn>`,
+/// each in 64-byte parts `h<k>`, `h<k>.1`, `h<k>.2`, … (prelude.lua's `save`). Records written
+/// before history moved into them keep it in an `ev:` list, read before these.
+fn history(rec: &HashMap<String, Value>) -> Vec<Vec<u8>> {
+    let n: usize = rec
+        .get("hn")
+        .map(text)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (1..=n)
+        .filter_map(|k| {
+            let first = rec.get(&format!("h{k}")).map(bytes)?;
+            let parts = (1..).map(|p| rec.get(&format!("h{k}.{p}")).map(bytes));
+            Some(join_parts(first, parts))
+        })
+        .collect()
 }
 
 /// The time a notification id (`<ULID>-<shard>`) was made at, in ms.
@@ -1259,7 +1278,8 @@ impl Store for RedisStore {
         p.cmd("LRANGE").arg(format!("{p0}ev:{id}")).arg(0).arg(-1);
         let mut r = self.query(&p).await?.into_iter();
         let rec = pairs(r.next().unwrap_or(Value::Nil));
-        let events: Vec<Vec<u8>> = parse(r.next().unwrap_or(Value::Nil))?;
+        let mut events: Vec<Vec<u8>> = parse(r.next().unwrap_or(Value::Nil))?;
+        events.extend(history(&rec));
         let Some(blob) = rec.get("d").map(bytes) else {
             return Ok(None);
         };

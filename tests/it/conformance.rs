@@ -1027,3 +1027,88 @@ async fn redis_high_lane_has_its_own_connection() {
     assert_eq!(last("evalsha"), shared);
     assert_eq!(last("ping"), high);
 }
+
+/// Redis only: a notification's history (attempts, receipts) lives in its record, in 64-byte
+/// parts that keep the hash in Redis's compact encoding; a batch's entries leave the ready
+/// stream in one go; and a record written when history had a list of its own (`ev:`) reads
+/// back whole and has that list expire with it.
+#[tokio::test]
+async fn redis_history_lives_in_the_record() {
+    let s = redis_with(1).await;
+    let st = &*s.store;
+    let server = s.redis.as_ref().expect("redis");
+    let ids = [
+        enqueue(st, note(st, vec![Channel::Webhook])).await,
+        enqueue(st, note(st, vec![Channel::Webhook])).await,
+    ];
+    let got = claim_all(st, Channel::Webhook, "w").await;
+    assert_eq!(got.len(), 2);
+    // The first retries with a long error message (an attempt entry of several parts).
+    let message = "the platform said no, at length: ".repeat(6);
+    let mut retry = done(
+        &got[0].1,
+        Channel::Webhook,
+        Disposition::Retry {
+            due: now_ms(),
+            class: ErrorClass::Transient,
+            code: "http_503".into(),
+        },
+    );
+    if let Some(a) = retry.attempt.as_mut() {
+        a.error_message = message.clone();
+    }
+    let batch = vec![retry, done(&got[1].1, Channel::Webhook, sent(Status::Sent))];
+    let applied = st
+        .finish(Channel::Webhook, 0, "w", batch, now_ms())
+        .await
+        .expect("finish");
+    assert_eq!(applied, 2);
+    let stream = "herald:{0}:ready:webhook:2";
+    assert_eq!(server.cmd(&["XLEN", stream]), "0");
+    assert!(server
+        .cmd(&["XPENDING", stream, "herald"])
+        .starts_with("0\n"));
+    // The retried one goes again and is sent.
+    assert_eq!(st.promote_due(now_ms(), 10).await.expect("promote"), 1);
+    let again = claim_all(st, Channel::Webhook, "w").await;
+    assert_eq!(again.len(), 1);
+    finish_one(st, Channel::Webhook, 0, &again[0].1, sent(Status::Sent)).await;
+    let v = st.get(&ids[0]).await.expect("get").expect("exists");
+    assert_eq!(v.attempts.len(), 2);
+    assert_eq!(v.attempts[0].error_message, message);
+    let statuses: Vec<Status> = v.receipts.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [Status::Retrying, Status::Sent]);
+    let key = format!("herald:{{0}}:n:{}", ids[0]);
+    assert_eq!(server.cmd(&["OBJECT", "ENCODING", &key]), "listpack");
+    assert_eq!(
+        server.cmd(&["EXISTS", &format!("herald:{{0}}:ev:{}", ids[0])]),
+        "0"
+    );
+    let ttl: i64 = server.cmd(&["PTTL", &key]).parse().expect("pttl");
+    assert!(
+        ttl > 0,
+        "a finished record is kept for a while, then goes: {ttl}"
+    );
+
+    // A record whose history began in an `ev:` list (one attempt and its retry receipt).
+    let id = enqueue(st, note(st, vec![Channel::Webhook])).await;
+    let key = format!("herald:{{0}}:n:{id}");
+    let ev = format!("herald:{{0}}:ev:{id}");
+    server.cmd(&["HSET", &key, "a", "1", "ca", "1"]);
+    let old = "r5\x1fwebhook\x1f1000\x1f\x1f1\x1fhttp_500\x1f1\x1f0\x1f";
+    server.cmd(&["RPUSH", &ev, old]);
+    let got = claim_all(st, Channel::Webhook, "w").await;
+    finish_one(st, Channel::Webhook, 0, &got[0].1, sent(Status::Sent)).await;
+    let v = st.get(&id).await.expect("get").expect("exists");
+    let codes: Vec<(Status, &str)> = v
+        .receipts
+        .iter()
+        .map(|r| (r.status, r.error_code.as_str()))
+        .collect();
+    assert_eq!(codes, [(Status::Retrying, "http_500"), (Status::Sent, "")]);
+    let ttl: i64 = server.cmd(&["PTTL", &ev]).parse().expect("pttl");
+    assert!(
+        ttl > 0,
+        "the old history list expires with its record: {ttl}"
+    );
+}

@@ -58,7 +58,7 @@ while i + 11 <= #ARGV do
           receipt(r, nst, NOWS, pid, '', '', attno, c ~= 0 and cost or '0', cur)
         end
         save(r)
-        retain(id)
+        retain(r)
       elseif act == 'retry' then
         move(r, 5)
         redis.call('ZADD', P .. 'delayed', a1, id)
@@ -79,7 +79,7 @@ while i + 11 <= #ARGV do
         end
         receipt(r, 10, NOWS, '', ec, code, attno)
         save(r)
-        retain(id)
+        retain(r)
       elseif act == 'final' then
         close(r, tonumber(a1))
       elseif act == 'requeue' then

@@ -81,15 +81,19 @@ local function flush_counts()
 end
 
 -- The fields of record `id` most steps need, read in one call (nil: the record is gone).
--- Writes to it are queued with put/move/receipt and made by save: one HSET and one RPUSH
--- however many fields and history entries a step changes.
+-- Writes to it are queued with put/move/receipt and made by save: one HSET however many
+-- fields and history entries a step changes.
 local function load(id)
   local rk = P .. 'n:' .. id
-  local f = redis.call('HMGET', rk, 's', 'c', 'cmp', 'lb', 'a', 'ca', 'p')
+  local f = redis.call('HMGET', rk, 's', 'c', 'cmp', 'lb', 'a', 'ca', 'p', 'hn')
   local s = tonumber(f[1])
   if not s then return nil end
+  local a = tonumber(f[5]) or 0
+  local hn = tonumber(f[8]) or 0
   return {id = id, rk = rk, s = s, c = str(f[2]), cmp = str(f[3]), lb = str(f[4]),
-    a = tonumber(f[5]) or 0, ca = tonumber(f[6]) or 0, p = str(f[7]), set = {}, hist = {}}
+    a = a, ca = tonumber(f[6]) or 0, p = str(f[7]), hn = hn, set = {}, hist = {},
+    -- Written before history moved into the record: it may have an `ev:` list (below).
+    legacy = hn == 0 and a > 0}
 end
 
 local function put(r, k, v)
@@ -124,17 +128,36 @@ local function receipt(r, st, at, pid, ec, code, att, cost, cur)
   r.hist[#r.hist + 1] = 'r' .. table.concat({st, r.c, at, pid, ec, code, att, cost, cur}, '\31')
 end
 
+-- History entries go into the record itself, as fields h1, h2, ... (`hn` counts them), each
+-- in 64-byte parts (h1, h1.1, h1.2, ...) so the hash stays in Redis's compact encoding: no
+-- list key of its own, so no RPUSH and no second PEXPIRE per notification.
 local function save(r)
+  if #r.hist > 0 then
+    local n = r.hn
+    for _, e in ipairs(r.hist) do
+      n = n + 1
+      local k = 'h' .. txt(n)
+      put(r, k, string.sub(e, 1, 64))
+      local part, from = 1, 65
+      while from <= #e do
+        put(r, k .. '.' .. txt(part), string.sub(e, from, from + 63))
+        part = part + 1
+        from = from + 64
+      end
+    end
+    put(r, 'hn', txt(n))
+    r.hn = n
+  end
   if #r.set > 0 then redis.call('HSET', r.rk, unpack(r.set)) end
-  if #r.hist > 0 then redis.call('RPUSH', P .. 'ev:' .. r.id, unpack(r.hist)) end
   r.set = {}
   r.hist = {}
 end
 
--- A finished record is kept for `KEEP` ms for GetNotification, then goes.
-local function retain(id)
-  redis.call('PEXPIRE', P .. 'n:' .. id, KEEP)
-  redis.call('PEXPIRE', P .. 'ev:' .. id, KEEP)
+-- A finished record is kept for `KEEP` ms for GetNotification, then goes. A record written
+-- before history moved into it may still have its history in an `ev:` list: that goes too.
+local function retain(r)
+  redis.call('PEXPIRE', r.rk, KEEP)
+  if r.legacy then redis.call('PEXPIRE', P .. 'ev:' .. r.id, KEEP) end
 end
 
 -- Ends a loaded record at status `st` now: its receipt, written, kept for `KEEP` ms.
@@ -142,12 +165,31 @@ local function close(r, st)
   move(r, st)
   receipt(r, st, NOWS)
   save(r)
-  retain(r.id)
+  retain(r)
 end
 
+-- Acknowledged (and deleted) ready-stream entries, per stream: one XACK and one XDEL per
+-- stream at the script's end (flush_acks), however many entries a batch finishes.
+local ACKS = {}
 local function ack(key, eid)
-  redis.call('XACK', key, GROUP, eid)
-  redis.call('XDEL', key, eid)
+  local t = ACKS[key]
+  if not t then
+    t = {}
+    ACKS[key] = t
+  end
+  t[#t + 1] = eid
+end
+
+local function flush_acks()
+  for key, eids in pairs(ACKS) do
+    -- unpack() is bounded by Lua's stack: at most 1,000 ids per call.
+    for from = 1, #eids, 1000 do
+      local to = math.min(from + 999, #eids)
+      redis.call('XACK', key, GROUP, unpack(eids, from, to))
+      redis.call('XDEL', key, unpack(eids, from, to))
+    end
+  end
+  ACKS = {}
 end
 
 local function ensure_group(key)
