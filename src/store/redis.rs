@@ -740,6 +740,7 @@ impl Store for RedisStore {
         let mut calls = Vec::with_capacity(by_shard.len());
         let mut order = Vec::with_capacity(by_shard.len());
         let mut woken = Vec::new();
+        let mut created = Vec::with_capacity(total);
         for (shard, items) in by_shard {
             // Shared content lives as long as the latest-due notification of this call needs.
             let due = items
@@ -782,6 +783,16 @@ impl Store for RedisStore {
                     arg(n.expire_at),
                     arg(&n.campaign_id),
                 ];
+                // The script's rule: SCHEDULED when due after now, else QUEUED.
+                let status = if n.send_at > now {
+                    Status::Scheduled
+                } else {
+                    Status::Queued
+                };
+                created.push(Enqueued::Created {
+                    id: n.id.clone(),
+                    status,
+                });
                 let (record, shared) = stored_record(n);
                 let (chash, cblob) = match shared {
                     Some(content) => match contents.get(&content) {
@@ -820,13 +831,22 @@ impl Store for RedisStore {
         // its own requests in flight; the gate is for the dispatch drain's batch scripts.
         let replies = self.run(calls).await?;
         self.wait_for_replicas().await?;
+        // Every item was created unless the reply names it (its place in the call, 1-based).
         let mut out: Vec<Option<Enqueued>> = vec![None; total];
+        for (i, c) in order.iter().flatten().zip(created) {
+            out[*i] = Some(c);
+        }
         for (reply, idx) in replies.into_iter().zip(order) {
-            let rows: Vec<(String, String, u8)> = parse(reply)?;
-            for ((kind, id, st), i) in rows.into_iter().zip(idx) {
+            let rows: Vec<(usize, String, String, u8)> = parse(reply)?;
+            for (place, kind, id, st) in rows {
+                let i = place
+                    .checked_sub(1)
+                    .and_then(|p| idx.get(p))
+                    .ok_or_else(|| {
+                        StoreError::Internal(format!("enqueue reply names item {place}"))
+                    })?;
                 let status = Status::from_number(st).unwrap_or(Status::Accepted);
-                out[i] = Some(match kind.as_str() {
-                    "ok" => Enqueued::Created { id, status },
+                out[*i] = Some(match kind.as_str() {
                     "dup" => Enqueued::Duplicate { id, status },
                     _ => Enqueued::Conflict { id },
                 });

@@ -4,11 +4,18 @@
 -- content blob ('' = sent with an earlier item).
 -- Fields with their default value (0, '') are not written: readers treat absent as default,
 -- and small records stay in Redis's compact hash encoding.
--- Returns per item {kind, id, status}: kind ok | dup | conflict.
+-- An item is created SCHEDULED when due is after now, QUEUED otherwise; the caller knows
+-- that, so the reply only names the items that were not created: per such item its place
+-- (1-based), kind (dup | conflict), the id it already has, and that one's status.
 local ittl, cttl = ARGV[4], ARGV[5]
 local out = {}
+-- Ready stream keys, per channel and priority, and record part names, made once.
+local READY = {}
+local PART = {'d1', 'd2', 'd3'}
+local item = 0
 local i = 6
 while i + 11 <= #ARGV do
+  item = item + 1
   local id, idem, fp, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local ch, pr, due, exp = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]), ARGV[i + 7]
   local cmp, lb = ARGV[i + 8], ARGV[i + 9]
@@ -22,10 +29,10 @@ while i + 11 <= #ARGV do
       local sep = string.find(v, '|', 1, true)
       local id0 = string.sub(v, 1, sep - 1)
       if string.sub(v, sep + 1) ~= fp then
-        out[#out + 1] = {'conflict', id0, 0}
+        out[#out + 1] = {item, 'conflict', id0, 0}
       else
         local st0 = tonumber(redis.call('HGET', P .. 'n:' .. id0, 's')) or 1
-        out[#out + 1] = {'dup', id0, st0}
+        out[#out + 1] = {item, 'dup', id0, st0}
       end
       done = true
     else
@@ -47,7 +54,7 @@ while i + 11 <= #ARGV do
       local part = 1
       local from = 65
       while from <= n do
-        f[#f + 1] = 'd' .. txt(part)
+        f[#f + 1] = PART[part]
         f[#f + 1] = string.sub(blob, from, from + 63)
         part = part + 1
         from = from + 64
@@ -68,10 +75,19 @@ while i + 11 <= #ARGV do
     if st == 2 then
       redis.call('ZADD', P .. 'delayed', due, id)
     else
-      redis.call('XADD', P .. 'ready:' .. ch .. ':' .. pr, '*', 'id', id)
+      local by = READY[ch]
+      if not by then
+        by = {}
+        READY[ch] = by
+      end
+      local sk = by[pr]
+      if not sk then
+        sk = P .. 'ready:' .. ch .. ':' .. pr
+        by[pr] = sk
+      end
+      redis.call('XADD', sk, '*', 'id', id)
     end
     count(cmp, '', nil, ch, st)
-    out[#out + 1] = {'ok', id, st}
   end
 end
 return out

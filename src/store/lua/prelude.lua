@@ -44,19 +44,45 @@ local function bump(k, field, n)
   t[field] = (t[field] or 0) + n
 end
 
+-- Counter keys and field names, made once per script (a batch counts the same few many times).
+local CKEY, SF, CF = {}, {}, {}
+local function sfield(st)
+  local f = SF[st]
+  if not f then
+    f = 's' .. txt(st)
+    SF[st] = f
+  end
+  return f
+end
+local function cfield(ch, st)
+  local by = CF[ch]
+  if not by then
+    by = {}
+    CF[ch] = by
+  end
+  local f = by[st]
+  if not f then
+    f = 'c' .. ch .. ':' .. txt(st)
+    by[st] = f
+  end
+  return f
+end
+
 local function count(cmp, och, ost, nch, nst)
   if cmp == '' then return end
-  local k = P .. 'camp:' .. cmp
+  local k = CKEY[cmp]
+  if not k then
+    k = P .. 'camp:' .. cmp
+    CKEY[cmp] = k
+  end
   if ost then
-    local o = txt(ost)
-    bump(k, 's' .. o, -1)
-    if och ~= '' then bump(k, 'c' .. och .. ':' .. o, -1) end
+    bump(k, sfield(ost), -1)
+    if och ~= '' then bump(k, cfield(och, ost), -1) end
   else
     bump(k, 'total', 1)
   end
-  local n = txt(nst)
-  bump(k, 's' .. n, 1)
-  if nch ~= '' then bump(k, 'c' .. nch .. ':' .. n, 1) end
+  bump(k, sfield(nst), 1)
+  if nch ~= '' then bump(k, cfield(nch, nst), 1) end
 end
 
 -- Whether campaign `cmp` was canceled (asked once per script and campaign).
