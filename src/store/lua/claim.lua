@@ -25,7 +25,7 @@ end
 
 for pr = 1, last do
   if #out >= want then break end
-  local key = P .. 'ready:' .. ch .. ':' .. pr
+  local key = ready(ch, pr)
   local entries = {}
   if idle > 0 and redis.call('EXISTS', key) == 1 then
     local r = redis.pcall('XAUTOCLAIM', key, GROUP, consumer, idle, '0-0', 'COUNT', want - #out)

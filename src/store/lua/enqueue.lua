@@ -9,8 +9,7 @@
 -- (1-based), kind (dup | conflict), the id it already has, and that one's status.
 local ittl, cttl = ARGV[4], ARGV[5]
 local out = {}
--- Ready stream keys, per channel and priority, and record part names, made once.
-local READY = {}
+-- Record part names, made once.
 local PART = {'d1', 'd2', 'd3'}
 local item = 0
 local i = 6
@@ -75,17 +74,7 @@ while i + 11 <= #ARGV do
     if st == 2 then
       redis.call('ZADD', P .. 'delayed', due, id)
     else
-      local by = READY[ch]
-      if not by then
-        by = {}
-        READY[ch] = by
-      end
-      local sk = by[pr]
-      if not sk then
-        sk = P .. 'ready:' .. ch .. ':' .. pr
-        by[pr] = sk
-      end
-      redis.call('XADD', sk, '*', 'id', id)
+      redis.call('XADD', ready(ch, pr), '*', 'id', id)
     end
     count(cmp, '', nil, ch, st)
   end

@@ -30,7 +30,7 @@ while i + 11 <= #ARGV do
   local pr, eid, id, act, a1, a2 = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local att, pid, ec, code, cost, cur = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
   i = i + 12
-  local key = P .. 'ready:' .. ch .. ':' .. pr
+  local key = ready(ch, pr)
   if owned(key, eid) then
     applied = applied + 1
     ack(key, eid)
@@ -70,7 +70,7 @@ while i + 11 <= #ARGV do
         put(r, 'ca', 0)
         move(r, 3, a2)
         save(r)
-        redis.call('XADD', P .. 'ready:' .. a2 .. ':' .. pr, '*', 'id', id)
+        redis.call('XADD', ready(a2, pr), '*', 'id', id)
       elseif act == 'fail' then
         move(r, 10)
         if a1 == '1' then

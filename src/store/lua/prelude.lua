@@ -44,6 +44,23 @@ local function bump(k, field, n)
   t[field] = (t[field] or 0) + n
 end
 
+-- Ready stream keys by channel and priority, made once per script.
+local READY = {}
+local function ready(ch, pr)
+  local by = READY[ch]
+  if not by then
+    by = {}
+    READY[ch] = by
+  end
+  local k = by[pr]
+  if not k then
+    k = P .. 'ready:' .. ch .. ':' .. pr
+    by[pr] = k
+  end
+  return k
+end
+local RECEIPTS = P .. 'receipts'
+
 -- Counter keys and field names, made once per script (a batch counts the same few many times).
 local CKEY, SF, CF = {}, {}, {}
 local function sfield(st)
@@ -148,7 +165,7 @@ local function receipt(r, st, at, pid, ec, code, att, cost, cur)
   att = txt(att or 0)
   cost = txt(cost or 0)
   cur = cur or ''
-  redis.call('XADD', P .. 'receipts', 'MAXLEN', '~', MAXR, '*',
+  redis.call('XADD', RECEIPTS, 'MAXLEN', '~', MAXR, '*',
     'id', r.id, 'st', st, 'ch', r.c, 'at', at, 'pid', pid, 'ec', ec, 'code', code,
     'att', att, 'cost', cost, 'cur', cur, 'cmp', r.cmp, 'lb', r.lb)
   r.hist[#r.hist + 1] = 'r' .. table.concat({st, r.c, at, pid, ec, code, att, cost, cur}, '\31')

@@ -14,7 +14,7 @@ for _, id in ipairs(ids) do
     else
       move(r, 3)
       save(r)
-      redis.call('XADD', P .. 'ready:' .. r.c .. ':' .. r.p, '*', 'id', id)
+      redis.call('XADD', ready(r.c, r.p), '*', 'id', id)
       moved = moved + 1
     end
   end
