@@ -11,6 +11,7 @@ local ittl, cttl = ARGV[4], ARGV[5]
 local out = {}
 -- Record part names, made once.
 local PART = {'d1', 'd2', 'd3'}
+local function record_part(_, i) return PART[i] end
 local item = 0
 local i = 6
 while i + 11 <= #ARGV do
@@ -42,22 +43,13 @@ while i + 11 <= #ARGV do
     local st = 3
     if due > NOW then st = 2 end
     local rk = P .. 'n:' .. id
-    -- Redis keeps a hash compact only while every value is at most 64 bytes: a record blob
-    -- up to 256 bytes goes in 64-byte parts (d, d1, d2, d3), read back joined.
-    local f
-    local n = #blob
-    if n <= 64 or n > 256 then
-      f = {'d', blob, 's', txt(st), 'c', ch, 'p', pr}
+    -- A record blob up to 256 bytes goes in 64-byte parts (d, d1, d2, d3), read back joined.
+    local f = {'s', txt(st), 'c', ch, 'p', pr}
+    if #blob > 256 then
+      f[#f + 1] = 'd'
+      f[#f + 1] = blob
     else
-      f = {'d', string.sub(blob, 1, 64), 's', txt(st), 'c', ch, 'p', pr}
-      local part = 1
-      local from = 65
-      while from <= n do
-        f[#f + 1] = PART[part]
-        f[#f + 1] = string.sub(blob, from, from + 63)
-        part = part + 1
-        from = from + 64
-      end
+      put_parts(f, 'd', blob, record_part)
     end
     if cmp ~= '' then f[#f + 1] = 'cmp'; f[#f + 1] = cmp end
     if exp ~= '0' and exp ~= '' then f[#f + 1] = 'exp'; f[#f + 1] = exp end

@@ -34,64 +34,57 @@ local NOWS = ARGV[1]
 
 -- Campaign counters: current status, and current status per channel. Summed in TALLY while
 -- the script runs and written once per campaign and field by flush_counts at its end.
+-- t[k], a table made on first use.
+local function sub(t, k)
+  local v = t[k]
+  if not v then
+    v = {}
+    t[k] = v
+  end
+  return v
+end
+
+-- cache[a][b], made by make(a, b) on first use: names built once per script, not per item.
+local function cached(cache, a, b, make)
+  local by = sub(cache, a)
+  local v = by[b]
+  if not v then
+    v = make(a, b)
+    by[b] = v
+  end
+  return v
+end
+
+-- Calls f(from, to) over `list` in runs of at most 1,000: unpack() is bounded by Lua's stack.
+local function in_runs(list, f)
+  for from = 1, #list, 1000 do
+    f(from, math.min(from + 999, #list))
+  end
+end
+
 local TALLY = {}
 local function bump(k, field, n)
-  local t = TALLY[k]
-  if not t then
-    t = {}
-    TALLY[k] = t
-  end
+  local t = sub(TALLY, k)
   t[field] = (t[field] or 0) + n
 end
 
--- Ready stream keys by channel and priority, made once per script.
+-- Ready stream keys by channel and priority.
 local READY = {}
-local function ready(ch, pr)
-  local by = READY[ch]
-  if not by then
-    by = {}
-    READY[ch] = by
-  end
-  local k = by[pr]
-  if not k then
-    k = P .. 'ready:' .. ch .. ':' .. pr
-    by[pr] = k
-  end
-  return k
-end
+local function ready_key(ch, pr) return P .. 'ready:' .. ch .. ':' .. pr end
+local function ready(ch, pr) return cached(READY, ch, pr, ready_key) end
 local RECEIPTS = P .. 'receipts'
 
--- Counter keys and field names, made once per script (a batch counts the same few many times).
+-- Campaign counter keys and fields (a batch counts the same few many times).
 local CKEY, SF, CF = {}, {}, {}
-local function sfield(st)
-  local f = SF[st]
-  if not f then
-    f = 's' .. txt(st)
-    SF[st] = f
-  end
-  return f
-end
-local function cfield(ch, st)
-  local by = CF[ch]
-  if not by then
-    by = {}
-    CF[ch] = by
-  end
-  local f = by[st]
-  if not f then
-    f = 'c' .. ch .. ':' .. txt(st)
-    by[st] = f
-  end
-  return f
-end
+local function camp_key(_, cmp) return P .. 'camp:' .. cmp end
+local function sfield_name(_, st) return 's' .. txt(st) end
+local function cfield_name(ch, st) return 'c' .. ch .. ':' .. txt(st) end
+local function sfield(st) return cached(SF, '', st, sfield_name) end
+local function cfield(ch, st) return cached(CF, ch, st, cfield_name) end
 
 local function count(cmp, och, ost, nch, nst)
   if cmp == '' then return end
-  local k = CKEY[cmp]
-  if not k then
-    k = P .. 'camp:' .. cmp
-    CKEY[cmp] = k
-  end
+  local k = cached(CKEY, '', cmp, camp_key)
   if ost then
     bump(k, sfield(ost), -1)
     if och ~= '' then bump(k, cfield(och, ost), -1) end
@@ -121,6 +114,20 @@ local function flush_counts()
     end
   end
   TALLY = {}
+end
+
+-- Redis keeps a hash compact only while every value is at most 64 bytes. Appends field `k` =
+-- `v` to the field list `f` in 64-byte parts: `k`, then name(k, 1), name(k, 2), ...
+local function put_parts(f, k, v, name)
+  f[#f + 1] = k
+  f[#f + 1] = string.sub(v, 1, 64)
+  local part, from = 1, 65
+  while from <= #v do
+    f[#f + 1] = name(k, part)
+    f[#f + 1] = string.sub(v, from, from + 63)
+    part = part + 1
+    from = from + 64
+  end
 end
 
 -- The fields of record `id` most steps need, read in one call (nil: the record is gone).
@@ -174,19 +181,14 @@ end
 -- History entries go into the record itself, as fields h1, h2, ... (`hn` counts them), each
 -- in 64-byte parts (h1, h1.1, h1.2, ...) so the hash stays in Redis's compact encoding: no
 -- list key of its own, so no RPUSH and no second PEXPIRE per notification.
+local function history_part(k, i) return k .. '.' .. txt(i) end
+
 local function save(r)
   if #r.hist > 0 then
     local n = r.hn
     for _, e in ipairs(r.hist) do
       n = n + 1
-      local k = 'h' .. txt(n)
-      put(r, k, string.sub(e, 1, 64))
-      local part, from = 1, 65
-      while from <= #e do
-        put(r, k .. '.' .. txt(part), string.sub(e, from, from + 63))
-        part = part + 1
-        from = from + 64
-      end
+      put_parts(r.set, 'h' .. txt(n), e, history_part)
     end
     put(r, 'hn', txt(n))
     r.hn = n
@@ -215,22 +217,16 @@ end
 -- stream at the script's end (flush_acks), however many entries a batch finishes.
 local ACKS = {}
 local function ack(key, eid)
-  local t = ACKS[key]
-  if not t then
-    t = {}
-    ACKS[key] = t
-  end
+  local t = sub(ACKS, key)
   t[#t + 1] = eid
 end
 
 local function flush_acks()
   for key, eids in pairs(ACKS) do
-    -- unpack() is bounded by Lua's stack: at most 1,000 ids per call.
-    for from = 1, #eids, 1000 do
-      local to = math.min(from + 999, #eids)
+    in_runs(eids, function(from, to)
       redis.call('XACK', key, GROUP, unpack(eids, from, to))
       redis.call('XDEL', key, unpack(eids, from, to))
-    end
+    end)
   end
   ACKS = {}
 end

@@ -3,9 +3,9 @@
 local lim = tonumber(ARGV[4])
 local ids = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', NOW, 'LIMIT', 0, lim)
 local moved = 0
-for from = 1, #ids, 1000 do
-  redis.call('ZREM', P .. 'delayed', unpack(ids, from, math.min(from + 999, #ids)))
-end
+in_runs(ids, function(from, to)
+  redis.call('ZREM', P .. 'delayed', unpack(ids, from, to))
+end)
 for _, id in ipairs(ids) do
   local r = load(id)
   if r and (r.s == 2 or r.s == 5) then
