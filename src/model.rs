@@ -588,13 +588,18 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 /// A notification id: a ULID (time-ordered) plus the shard it lives on, so a lookup by id
 /// needs no search. Rendered `<ULID>-<shard>`.
 pub fn make_id(shard: u16) -> String {
-    format!("{}-{}", ulid::Ulid::new(), shard)
+    make_id_at(shard, now_ms())
 }
+
+/// The top bit of a ULID's random part (its 11th character is then `G` or later): set only in
+/// the ids the Redis store makes for packed records (store/redis.rs, `packed_ids`).
+pub const PACKED_MARK: u128 = 1 << 79;
 
 /// An id made at `at` (ms): its ULID carries that time, so a record need not store it twice.
 pub fn make_id_at(shard: u16, at: Millis) -> String {
     let at = u64::try_from(at).unwrap_or(0);
-    format!("{}-{}", ulid::Ulid::from_parts(at, rand::random()), shard)
+    let random = rand::random::<u128>() & (PACKED_MARK - 1);
+    format!("{}-{}", ulid::Ulid::from_parts(at, random), shard)
 }
 
 /// The shard encoded in an id, if the id is well formed.

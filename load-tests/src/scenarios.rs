@@ -115,6 +115,9 @@ struct Shape {
     content: Content,
     priority: Priority,
     category: Category,
+    /// Whether each request carries its send time (`t0`) in its labels, for the sink to time
+    /// it: not for a campaign that is only queued, whose labels are then the same for all.
+    stamped: bool,
 }
 
 impl Shape {
@@ -126,6 +129,7 @@ impl Shape {
             content: content(body_len),
             priority: Priority::Normal,
             category: Category::Transactional,
+            stamped: true,
         }
     }
 
@@ -133,7 +137,9 @@ impl Shape {
     fn req(&self, i: u64, idem: Option<String>, send_at_us: Option<u64>) -> SendRequest {
         let mut labels = std::collections::HashMap::new();
         labels.insert("lg".to_string(), self.class.to_string());
-        labels.insert("t0".to_string(), now_us().to_string());
+        if self.stamped {
+            labels.insert("t0".to_string(), now_us().to_string());
+        }
         if let Some(sa) = send_at_us {
             labels.insert("sa".to_string(), sa.to_string());
         }
@@ -508,12 +514,14 @@ async fn batch(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
     let mut env = Env::start(&ctx.bins, "batch", Some(&["api"])).await?;
     let mem0 = env.used_memory().await?;
     let clients = connect(&env.grpc_url(), 2).await?;
-    let shape = Arc::new(Shape::new(
+    let mut shape = Shape::new(
         "bulk",
         format!("lg-batch-{}", now_us()),
         "http://127.0.0.1:9/hook".into(),
         p.body_len,
-    ));
+    );
+    shape.stamped = false;
+    let shape = Arc::new(shape);
     let payload_len = shape.req(0, None, None).encoded_len();
     let s2 = shape.clone();
     let make: Make = Arc::new(move |i| s2.req(i, None, None));
@@ -589,6 +597,7 @@ async fn stream(ctx: &Ctx, p: Params) -> Result<ScenarioResult> {
     );
     shape.priority = Priority::Bulk;
     shape.category = Category::Marketing;
+    shape.stamped = false;
     let shape = Arc::new(shape);
     let payload_len = shape.req(0, None, None).encoded_len();
     let s2 = shape.clone();

@@ -25,10 +25,11 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 /// A Herald script: the prelude, then the body run as a function, then the campaign counters
 /// it moved written once per campaign and field (a batch moves many notifications of one
 /// campaign: one HINCRBY per field instead of four per notification), and the ready-stream
-/// entries it acknowledged, one XACK and one XDEL per stream.
+/// entries it acknowledged, one XACK and one XDEL per stream, and the packed records it
+/// unpacked, one HDEL per bucket.
 fn script(body: &str) -> Script {
     Script::new(&format!(
-        "{PRELUDE}\nlocal function body()\n{body}\nend\nlocal reply = body()\nflush_counts()\nflush_acks()\nreturn reply\n"
+        "{PRELUDE}\nlocal function body()\n{body}\nend\nlocal reply = body()\nflush_counts()\nflush_acks()\nflush_unpacked()\nreturn reply\n"
     ))
 }
 
@@ -244,18 +245,199 @@ const CONTENT_MARGIN_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Turns a notification into what its record's `d` field holds: it without what its key and
 /// other fields say already (id, campaign, labels, a `created_at` its id carries) and, for a
 /// campaign's notifications, without the content, which is kept once per shard under
-/// `cn:<hash>` (returned here). Small records stay in Redis's compact hash encoding.
+/// `cn:<hash>` (returned here) and then not even as an empty field (`SharedRecord`). Small
+/// records stay in Redis's compact hash encoding, and most of a campaign's fit in a bucket.
 /// Consumes what it leaves out: the caller reads id, campaign and labels first.
 fn stored_record(mut n: Notification) -> (Vec<u8>, Option<Content>) {
     if id_time(&n.id) == Some(n.created_at) {
         n.created_at = 0;
     }
-    n.id.clear();
-    // Labels are written beside it (`lb`, for the receipts): not twice.
-    n.labels.clear();
-    let shared =
-        (!std::mem::take(&mut n.campaign_id).is_empty()).then(|| std::mem::take(&mut n.content));
-    (n.encode(), shared)
+    if n.campaign_id.is_empty() {
+        n.id.clear();
+        // Labels are written beside it (`lb`, for the receipts): not twice.
+        n.labels.clear();
+        return (n.encode(), None);
+    }
+    let record = SharedRecord {
+        tenant: n.tenant,
+        idempotency_key: n.idempotency_key,
+        recipient: n.recipient,
+        route: n.route,
+        category: n.category,
+        priority: n.priority,
+        send_at: n.send_at,
+        expire_at: n.expire_at,
+        created_at: n.created_at,
+    };
+    // Plain structs of strings and numbers always serialize.
+    (
+        rmp_serde::to_vec(&record).unwrap_or_default(),
+        Some(n.content),
+    )
+}
+
+/// The record of a notification whose content is shared: the fields of `Notification` that are
+/// not written elsewhere. Encoded as an array of 9 (first byte 0x99), where a whole notification
+/// is an array of 13 (0x9d), so `decode_record` tells them apart.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedRecord {
+    tenant: String,
+    idempotency_key: String,
+    recipient: crate::model::Recipient,
+    route: Vec<Channel>,
+    category: crate::model::Category,
+    priority: Priority,
+    send_at: Millis,
+    expire_at: Millis,
+    created_at: Millis,
+}
+
+/// A notification from a record blob of either shape (see `stored_record`); id, campaign,
+/// labels and shared content are the caller's to fill in.
+fn decode_record(blob: &[u8]) -> Result<Notification, StoreError> {
+    if blob.first() != Some(&0x99) {
+        return Notification::decode(blob).map_err(StoreError::Internal);
+    }
+    let r: SharedRecord = rmp_serde::from_slice(blob)
+        .map_err(|e| StoreError::Internal(format!("corrupt notification record: {e}")))?;
+    Ok(Notification {
+        tenant: r.tenant,
+        idempotency_key: r.idempotency_key,
+        recipient: r.recipient,
+        route: r.route,
+        category: r.category,
+        priority: r.priority,
+        send_at: r.send_at,
+        expire_at: r.expire_at,
+        created_at: r.created_at,
+        ..Default::default()
+    })
+}
+
+/// One item of an enqueue call, as the script takes it (see enqueue.lua).
+struct EnqueueRow {
+    id: String,
+    idem: String,
+    fingerprint: String,
+    record: Vec<u8>,
+    channel: Channel,
+    priority: u8,
+    due: Millis,
+    expire_at: Millis,
+    created_at: Millis,
+    campaign: String,
+    labels: Vec<u8>,
+    content_hash: String,
+    content: Vec<u8>,
+}
+
+/// The most records one bucket holds: with its header (at most 6 fields) it stays within
+/// Redis's default `hash-max-listpack-entries` (128), so the bucket keeps the compact encoding.
+const PACK_RUN: usize = 120;
+/// The longest record blob a bucket takes: with the status digit in front, within Redis's
+/// default `hash-max-listpack-value` (64 bytes).
+const PACKED_MAX: usize = 63;
+
+/// Gives runs of like campaign notifications (shared content, and the same first channel,
+/// priority, campaign, labels, expiry and creation time) ids of one bucket each, so the
+/// script packs them into it (see prelude.lua, "Packed records"). A run of one keeps its id.
+fn pack_runs(shard: u16, rows: &mut [EnqueueRow]) {
+    fn packable(r: &EnqueueRow) -> bool {
+        !r.content_hash.is_empty()
+            && r.record.len() <= PACKED_MAX
+            && r.campaign.len() <= 64
+            && r.labels.len() <= 64
+    }
+    fn alike(a: &EnqueueRow, b: &EnqueueRow) -> bool {
+        a.channel == b.channel
+            && a.priority == b.priority
+            && a.created_at == b.created_at
+            && a.expire_at == b.expire_at
+            && a.content_hash == b.content_hash
+            && a.campaign == b.campaign
+            && a.labels == b.labels
+    }
+    let mut from = 0;
+    while from < rows.len() {
+        let mut to = from + 1;
+        if packable(&rows[from]) {
+            while to < rows.len() && packable(&rows[to]) && alike(&rows[from], &rows[to]) {
+                to += 1;
+            }
+        }
+        let run = &mut rows[from..to];
+        if run.len() > 1 {
+            // Buckets of near-equal size, none of one.
+            let buckets = run.len().div_ceil(PACK_RUN);
+            let size = run.len().div_ceil(buckets);
+            for chunk in run.chunks_mut(size) {
+                let ids = packed_ids(shard, chunk[0].created_at, chunk.len());
+                for (row, id) in chunk.iter_mut().zip(ids) {
+                    row.id = id;
+                }
+            }
+        }
+        from = to;
+    }
+}
+
+/// `n` ids made at `at` (ms) for one bucket: their ULIDs share the time and the first 40
+/// random bits (whose top bit is `model::PACKED_MARK`); the last 40 bits count up from a
+/// random start, so they differ.
+fn packed_ids(shard: u16, at: Millis, n: usize) -> Vec<String> {
+    const LOW: u128 = (1 << 40) - 1;
+    let at = u64::try_from(at).unwrap_or(0);
+    let bucket = (rand::random::<u128>() & (LOW << 40)) | crate::model::PACKED_MARK;
+    let start = rand::random::<u128>() & LOW;
+    (0..n as u128)
+        .map(|k| {
+            let u = ulid::Ulid::from_parts(at, bucket | ((start + k) & LOW));
+            format!("{u}-{shard}")
+        })
+        .collect()
+}
+
+/// Whether `id` was made for a bucket (see `packed_ids`), and then its bucket key and field.
+fn bucket_of(shard: u16, id: &str) -> Option<(String, String)> {
+    let mark = *id.as_bytes().get(10)?;
+    if id.len() < 26 || mark < b'G' {
+        return None;
+    }
+    Some((
+        format!("{}b:{}", prefix(shard), id.get(..18)?),
+        id.get(18..26)?.to_string(),
+    ))
+}
+
+/// The header fields of a bucket (prelude.lua's HEAD) and the record fields they stand for.
+const BUCKET_HEAD: [(&str, &str); 6] = [
+    ("c", "c"),
+    ("p", "p"),
+    ("m", "cmp"),
+    ("n", "cn"),
+    ("e", "exp"),
+    ("l", "lb"),
+];
+
+/// A packed record as the fields of a record of its own (`s`, `d` and the header's), from the
+/// reply of `HMGET <bucket> c p m n e l <field>`; None if the field is not there.
+fn unpack_record(reply: Value) -> Result<Option<HashMap<String, Value>>, StoreError> {
+    let mut vals: Vec<Option<Vec<u8>>> = parse(reply)?;
+    let Some(Some(v)) = vals.pop() else {
+        return Ok(None);
+    };
+    let Some((st, blob)) = v.split_first() else {
+        return Ok(None);
+    };
+    let mut rec = HashMap::new();
+    rec.insert("s".into(), Value::BulkString(vec![*st]));
+    rec.insert("d".into(), Value::BulkString(blob.to_vec()));
+    for ((_, field), v) in BUCKET_HEAD.iter().zip(vals) {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            rec.insert((*field).to_string(), Value::BulkString(v));
+        }
+    }
+    Ok(Some(rec))
 }
 
 /// The name shared content is kept under: its encoding's SHA-256, first 12 bytes in hex.
@@ -312,7 +494,7 @@ fn restore(
     content_hash: &str,
     contents: &HashMap<String, std::sync::Arc<Content>>,
 ) -> Result<Notification, StoreError> {
-    let mut n = Notification::decode(blob).map_err(StoreError::Internal)?;
+    let mut n = decode_record(blob)?;
     n.id = id.to_string();
     if n.labels.is_empty() && !labels.is_empty() {
         n.labels = rmp_serde::from_slice(labels)
@@ -411,6 +593,36 @@ fn entry_id(s: &str) -> (u64, u64) {
 }
 
 impl RedisStore {
+    /// Packed records (see `bucket_of`) of `ids`, in order: None for an id not made for a
+    /// bucket or no longer in it. One round trip, none when no id is packed.
+    async fn packed(
+        &self,
+        ids: &[(u16, &str)],
+    ) -> Result<Vec<Option<HashMap<String, Value>>>, StoreError> {
+        let buckets: Vec<Option<(String, String)>> =
+            ids.iter().map(|(s, id)| bucket_of(*s, id)).collect();
+        let mut p = redis::pipe();
+        for (bucket, field) in buckets.iter().flatten() {
+            p.cmd("HMGET")
+                .arg(bucket)
+                .arg(&BUCKET_HEAD.map(|(h, _)| h)[..])
+                .arg(field);
+        }
+        let mut replies = if buckets.iter().any(Option::is_some) {
+            self.query(&p).await?.into_iter()
+        } else {
+            Vec::new().into_iter()
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for b in &buckets {
+            out.push(match b {
+                Some(_) => unpack_record(replies.next().unwrap_or(Value::Nil))?,
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
     pub async fn connect(cfg: &RedisConfig) -> Result<Self, StoreError> {
         let url = cfg
             .url
@@ -756,6 +968,7 @@ impl Store for RedisStore {
             // Each distinct content of this call, encoded and hashed once; sent with its first
             // notification, named by the others.
             let mut contents: HashMap<Content, String> = HashMap::new();
+            let mut rows = Vec::with_capacity(items.len());
             for (i, item) in items {
                 let n = item.notification;
                 let first = n.route.first().copied().ok_or_else(|| {
@@ -773,28 +986,23 @@ impl Store for RedisStore {
                 } else {
                     rmp_serde::to_vec(&n.labels).unwrap_or_default()
                 };
-                let head = [
-                    arg(&n.id),
-                    arg(ik),
-                    arg(fp),
-                    arg(first.name()),
-                    arg(n.priority.number()),
-                    arg(n.send_at),
-                    arg(n.expire_at),
-                    arg(&n.campaign_id),
-                ];
-                // The script's rule: SCHEDULED when due after now, else QUEUED.
-                let status = if n.send_at > now {
-                    Status::Scheduled
-                } else {
-                    Status::Queued
-                };
-                created.push(Enqueued::Created {
+                let row = EnqueueRow {
                     id: n.id.clone(),
-                    status,
-                });
+                    idem: ik,
+                    fingerprint: fp,
+                    record: Vec::new(),
+                    channel: first,
+                    priority: n.priority.number(),
+                    due: n.send_at,
+                    expire_at: n.expire_at,
+                    created_at: n.created_at,
+                    campaign: n.campaign_id.clone(),
+                    labels,
+                    content_hash: String::new(),
+                    content: Vec::new(),
+                };
                 let (record, shared) = stored_record(n);
-                let (chash, cblob) = match shared {
+                let (content_hash, content) = match shared {
                     Some(content) => match contents.get(&content) {
                         Some(hash) => (hash.clone(), Vec::new()),
                         None => {
@@ -807,22 +1015,37 @@ impl Store for RedisStore {
                     },
                     None => (String::new(), Vec::new()),
                 };
-                let [id, ik, fp, ch, pr, due, exp, cmp] = head;
-                args.extend([
-                    id,
-                    ik,
-                    fp,
+                rows.push(EnqueueRow {
                     record,
-                    ch,
-                    pr,
-                    due,
-                    exp,
-                    cmp,
-                    labels,
-                    arg(chash),
-                    cblob,
-                ]);
+                    content_hash,
+                    content,
+                    ..row
+                });
                 idx.push(i);
+            }
+            pack_runs(shard, &mut rows);
+            for row in rows {
+                // The script's rule: SCHEDULED when due after now, else QUEUED.
+                let status = if row.due > now {
+                    Status::Scheduled
+                } else {
+                    Status::Queued
+                };
+                args.extend([
+                    arg(&row.id),
+                    arg(row.idem),
+                    arg(row.fingerprint),
+                    row.record,
+                    arg(row.channel.name()),
+                    arg(row.priority),
+                    arg(row.due),
+                    arg(row.expire_at),
+                    arg(row.campaign),
+                    row.labels,
+                    arg(row.content_hash),
+                    row.content,
+                ]);
+                created.push(Enqueued::Created { id: row.id, status });
             }
             calls.push((&self.scripts.enqueue, prefix(shard).into_bytes(), args));
             order.push(idx);
@@ -1297,8 +1520,13 @@ impl Store for RedisStore {
         p.cmd("HGETALL").arg(format!("{p0}n:{id}"));
         p.cmd("LRANGE").arg(format!("{p0}ev:{id}")).arg(0).arg(-1);
         let mut r = self.query(&p).await?.into_iter();
-        let rec = pairs(r.next().unwrap_or(Value::Nil));
+        let mut rec = pairs(r.next().unwrap_or(Value::Nil));
         let mut events: Vec<Vec<u8>> = parse(r.next().unwrap_or(Value::Nil))?;
+        if rec.is_empty() {
+            if let Some(packed) = self.packed(&[(shard, id)]).await?.pop().flatten() {
+                rec = packed;
+            }
+        }
         events.extend(history(&rec));
         let Some(blob) = rec.get("d").map(bytes) else {
             return Ok(None);
@@ -1661,13 +1889,29 @@ impl Store for RedisStore {
             Option<Vec<u8>>,
             Option<Vec<u8>>,
         );
+        let replies = self.query(&p).await?;
+        // Records not in keys of their own may be packed: one more round trip for those.
+        let mut missing = Vec::new();
+        let mut found = Vec::with_capacity(ids.len());
+        for (v, (s, id)) in replies.into_iter().zip(&ids) {
+            let row: Row = parse(v)?;
+            if row.0.is_none() {
+                missing.push((*s, id.as_str()));
+            }
+            found.push(row);
+        }
+        let mut packed = self.packed(&missing).await?.into_iter();
         let mut rows = Vec::with_capacity(ids.len());
-        for (v, (s, id)) in self.query(&p).await?.into_iter().zip(&ids) {
-            let (blob, ri, cn, cmp, lb, d1, d2, d3): Row = parse(v)?;
+        for ((blob, ri, cn, cmp, lb, d1, d2, d3), (s, id)) in found.into_iter().zip(&ids) {
             if let Some(blob) = blob {
                 let blob = join_parts(blob, [d1, d2, d3]);
                 let cn = cn.unwrap_or_default();
                 rows.push((*s, id, blob, ri, cn, cmp.unwrap_or_default(), lb));
+            } else if let Some(rec) = packed.next().flatten() {
+                let field = |k: &str| rec.get(k).map(text).unwrap_or_default();
+                let blob = rec.get("d").map(bytes).unwrap_or_default();
+                let lb = rec.get("lb").map(bytes);
+                rows.push((*s, id, blob, None, field("cn"), field("cmp"), lb));
             }
         }
         // The shared contents they name: one round trip per shard at most.

@@ -1112,3 +1112,219 @@ async fn redis_history_lives_in_the_record() {
         "the old history list expires with its record: {ttl}"
     );
 }
+
+/// Claims from `channel` on every shard until nothing is left.
+async fn claim_until_empty(store: &dyn Store, channel: Channel) -> Vec<(u16, Claimed)> {
+    let mut out = Vec::new();
+    loop {
+        let got = claim_all(store, channel, "w").await;
+        if got.is_empty() {
+            return out;
+        }
+        out.extend(got);
+    }
+}
+
+/// The ids the store gave what it created, written into `ns`, with their statuses.
+fn created_ids(ns: &mut [Notification], replies: &[Enqueued]) -> Vec<Status> {
+    assert_eq!(ns.len(), replies.len());
+    ns.iter_mut()
+        .zip(replies)
+        .map(|(n, r)| match r {
+            Enqueued::Created { id, status } => {
+                n.id = id.clone();
+                *status
+            }
+            other => panic!("not created: {other:?}"),
+        })
+        .collect()
+}
+
+/// Redis only: a run of like campaign notifications enqueued together is packed into bucket
+/// hashes (a field each, not a key each), reads back whole by id and in `waiting`, and is
+/// unpacked into a key of its own the first time it changes; an emptied bucket goes. Also
+/// scheduled, canceled (one, and the campaign), and a repeated idempotency key in one call.
+#[tokio::test]
+async fn redis_campaign_runs_are_packed() {
+    let s = redis_with(1).await;
+    let st = &*s.store;
+    let server = s.redis.as_ref().expect("redis");
+    let at = now_ms();
+    let alike = |campaign: &str, i: usize| {
+        let mut n = note(st, vec![Channel::Webhook, Channel::Sandbox]);
+        n.id = herald::model::make_id_at(0, at);
+        n.created_at = at;
+        n.campaign_id = campaign.into();
+        n.content.body = "Autumn sale".into();
+        n.recipient.contact_id = format!("c{i}");
+        n
+    };
+    // 250 alike, then one with labels of its own, then one outside any campaign.
+    let mut written: Vec<Notification> = (0..250).map(|i| alike("autumn", i)).collect();
+    let mut own_labels = alike("autumn", 250);
+    own_labels.labels.insert("vip".into(), "yes".into());
+    written.push(own_labels);
+    let mut plain = note(st, vec![Channel::Webhook]);
+    plain.id = herald::model::make_id_at(0, at);
+    plain.created_at = at;
+    written.push(plain);
+    let given: Vec<String> = written.iter().map(|n| n.id.clone()).collect();
+    let replies = st
+        .enqueue(written.iter().cloned().map(new).collect())
+        .await
+        .expect("enqueue");
+    let statuses = created_ids(&mut written, &replies);
+    assert!(
+        statuses.iter().all(|s| *s == Status::Queued),
+        "{statuses:?}"
+    );
+    // The packed ones got ids of their buckets; the two that are not alike kept theirs.
+    assert!(written[..250].iter().zip(&given).all(|(n, g)| n.id != *g));
+    assert_eq!(written[250].id, given[250]);
+    assert_eq!(written[251].id, given[251]);
+    let buckets = server.cmd(&["KEYS", "herald:{0}:b:*"]);
+    let buckets: Vec<&str> = buckets.lines().collect();
+    assert_eq!(
+        buckets.len(),
+        3,
+        "250 in buckets of at most 120: {buckets:?}"
+    );
+    let mut fields = 0;
+    for b in &buckets {
+        assert_eq!(server.cmd(&["OBJECT", "ENCODING", b]), "listpack", "{b}");
+        let n: usize = server.cmd(&["HLEN", b]).parse().expect("hlen");
+        fields += n;
+    }
+    // Each bucket: c, p, m, n and l (the shared labels) and its records.
+    assert_eq!(fields, 250 + 3 * 5);
+    assert_eq!(server.cmd(&["KEYS", "herald:{0}:n:*"]).lines().count(), 2);
+    for n in &written {
+        let v = st.get(&n.id).await.expect("get").expect("found");
+        assert_eq!(&v.notification, n);
+        assert_eq!(v.status, Status::Queued);
+        assert_eq!(v.channel, Some(Channel::Webhook));
+    }
+    let waiting = st.waiting(1000).await.expect("waiting");
+    assert_eq!(waiting.len(), written.len());
+    for (n, route_index) in &waiting {
+        assert_eq!(*route_index, 0);
+        let w = written.iter().find(|w| w.id == n.id).expect("one of ours");
+        assert_eq!(n, w);
+    }
+
+    // Canceled while packed: unpacked into its own key, kept for a while, then gone.
+    let gone = written.remove(7);
+    let out = st
+        .cancel(CancelTarget::Notification(gone.id.clone()), now_ms())
+        .await
+        .expect("cancel");
+    assert_eq!((out.canceled, out.status), (1, Some(Status::Canceled)));
+    let key = format!("herald:{{0}}:n:{}", gone.id);
+    let ttl: i64 = server.cmd(&["PTTL", &key]).parse().expect("pttl");
+    assert!(ttl > 0, "{ttl}");
+    assert_eq!(status(st, &gone.id).await, Status::Canceled);
+
+    // Claimed: every one whole, each now in a key of its own, and the buckets are gone.
+    let mut claimed: Vec<Notification> = claim_until_empty(st, Channel::Webhook)
+        .await
+        .into_iter()
+        .map(|(_, c)| c.notification)
+        .collect();
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    written.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(claimed, written);
+    assert_eq!(server.cmd(&["KEYS", "herald:{0}:b:*"]), "");
+    for n in &written {
+        assert_eq!(status(st, &n.id).await, Status::Sending);
+    }
+    let c = st.campaign("autumn").await.expect("campaign");
+    assert_eq!(c.total, 251);
+    assert_eq!(c.by_status.get(&Status::Sending), Some(&250));
+    assert_eq!(c.by_status.get(&Status::Canceled), Some(&1));
+    assert_eq!(c.by_status.get(&Status::Queued), None);
+
+    // Scheduled and packed: promoted when due, then claimed whole.
+    let mut later: Vec<Notification> = (0..3)
+        .map(|i| {
+            let mut n = alike("later", i);
+            n.send_at = now_ms() + 50;
+            n
+        })
+        .collect();
+    let replies = st
+        .enqueue(later.iter().cloned().map(new).collect())
+        .await
+        .expect("enqueue");
+    let statuses = created_ids(&mut later, &replies);
+    assert_eq!(statuses, [Status::Scheduled; 3]);
+    assert_eq!(server.cmd(&["KEYS", "herald:{0}:b:*"]).lines().count(), 1);
+    assert_eq!(status(st, &later[1].id).await, Status::Scheduled);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(st.promote_due(now_ms(), 10).await.expect("promote"), 3);
+    let mut got: Vec<Notification> = claim_until_empty(st, Channel::Webhook)
+        .await
+        .into_iter()
+        .map(|(_, c)| c.notification)
+        .collect();
+    got.sort_by(|a, b| a.id.cmp(&b.id));
+    later.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(got, later);
+
+    // A campaign canceled while packed: its records are canceled as workers meet them.
+    let mut doomed: Vec<Notification> = (0..4).map(|i| alike("doomed", i)).collect();
+    let replies = st
+        .enqueue(doomed.iter().cloned().map(new).collect())
+        .await
+        .expect("enqueue");
+    created_ids(&mut doomed, &replies);
+    let out = st
+        .cancel(CancelTarget::Campaign("doomed".into()), now_ms())
+        .await
+        .expect("cancel");
+    assert_eq!(out.canceled, 4);
+    assert!(claim_until_empty(st, Channel::Webhook).await.is_empty());
+    for n in &doomed {
+        assert_eq!(status(st, &n.id).await, Status::Canceled);
+    }
+    assert_eq!(server.cmd(&["KEYS", "herald:{0}:b:*"]), "");
+
+    // One idempotency key twice in one call: the second names the first, still packed.
+    let items: Vec<NewNotification> = (0..3)
+        .map(|i| {
+            let mut item = new(alike("again", i));
+            item.idem = Some(IdemKey {
+                key: format!("t:again-{}", i.min(1)),
+                fingerprint: "same".into(),
+            });
+            item
+        })
+        .collect();
+    let replies = st.enqueue(items).await.expect("enqueue");
+    let (first, second) = match (&replies[1], &replies[2]) {
+        (Enqueued::Created { id, .. }, Enqueued::Duplicate { id: dup, status }) => {
+            assert_eq!(*status, Status::Queued);
+            (id.clone(), dup.clone())
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(first, second);
+    assert_eq!(server.cmd(&["KEYS", "herald:{0}:b:*"]).lines().count(), 1);
+    let replies = st
+        .enqueue(vec![{
+            let mut item = new(alike("again", 1));
+            item.idem = Some(IdemKey {
+                key: "t:again-1".into(),
+                fingerprint: "same".into(),
+            });
+            item
+        }])
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        replies,
+        [Enqueued::Duplicate {
+            id: first,
+            status: Status::Queued
+        }]
+    );
+}

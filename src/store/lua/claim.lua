@@ -40,11 +40,50 @@ for pr = 1, last do
     if got.err then return got end
     for _, e in ipairs(got) do entries[#entries + 1] = e end
   end
+  -- Packed records of these entries: one read per bucket (a run of a campaign shares one).
+  local packed = {}
+  local want_b = {}
+  for _, e in ipairs(entries) do
+    local id = e[2] and e[2][2]
+    if id and marked(id) then
+      local bk, fld = bucket_of(id)
+      local t = sub(want_b, bk)
+      t[#t + 1] = fld
+    end
+  end
+  for bk, flds in pairs(want_b) do
+    local h, vals = read_bucket(bk, flds)
+    for k, fld in ipairs(flds) do
+      if vals[k] then packed[bk .. fld] = {h, vals[k]} end
+    end
+  end
   for _, e in ipairs(entries) do
     local eid, fl = e[1], e[2]
     local id = fl and fl[2]
+    local pk
+    if id and marked(id) then
+      local bk, fld = bucket_of(id)
+      pk = packed[bk .. fld]
+      if pk then pk = from_packed(id, bk, fld, pk[1], pk[2]) end
+    end
     if not id then
       ack(key, eid)
+    elseif pk then
+      -- Unpacked into its own key as it is claimed (save): from here on it changes.
+      local exp = tonumber(pk.exp) or 0
+      if pk.s ~= 3 and pk.s ~= 5 then
+        ack(key, eid)
+      elseif canceled(pk.cmp) then
+        ack(key, eid)
+        close(pk, 12)
+      elseif exp > 0 and NOW >= exp then
+        ack(key, eid)
+        close(pk, 11)
+      else
+        move(pk, 4)
+        save(pk)
+        out[#out + 1] = {pr, eid, pk.blob, '', '', '', pk.cn, id, pk.cmp, pk.lb}
+      end
     else
       local rk = P .. 'n:' .. id
       local f = redis.call('HMGET', rk, 's', 'cmp', 'exp', 'd', 'ri', 'a', 'ca', 'cn', 'lb',

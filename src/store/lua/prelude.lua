@@ -130,6 +130,74 @@ local function put_parts(f, k, v, name)
   end
 end
 
+-- Queues field `k` = `v` of a loaded record for `save`.
+local function put(r, k, v)
+  r.set[#r.set + 1] = k
+  r.set[#r.set + 1] = v
+end
+
+-- Record blob parts after `d` (a blob of 65 to 256 bytes): d1, d2, d3.
+local PART = {'d1', 'd2', 'd3'}
+local function record_part(_, i) return PART[i] end
+
+-- Packed records. A queued campaign notification that shares its content, channel, priority,
+-- campaign, expiry and labels with the others of its batch may live as one field of a bucket
+-- hash instead of a key of its own (a key costs ~110 bytes before its first field): bucket
+-- `b:<first 18 characters of the id>` (the ULID's time and 40 random bits), field the next 8
+-- characters, value the status digit then the record blob (at most 63 bytes, so the bucket
+-- stays in Redis's compact encoding). What the bucket's records share is its header: fields
+-- c, p, m (campaign), n (content hash), e (expiry), l (labels blob). Ids made for buckets
+-- carry a mark (the 11th character, the first random one, is G or later); no other id does.
+-- A packed record is unpacked into its own key the first time it changes (`save`).
+local PACKED_MAX = 63
+local HEAD = {'c', 'p', 'm', 'n', 'e', 'l'}
+local function marked(id) return #id >= 26 and string.byte(id, 11) >= 71 end
+local function bucket_of(id)
+  return P .. 'b:' .. string.sub(id, 1, 18), string.sub(id, 19, 26)
+end
+
+-- A loaded record (the shape `load` returns) from bucket header `h` (HEAD's values, in order)
+-- and packed value `v`; its fields are queued so that `save` writes them all to its own key.
+local function from_packed(id, bk, fld, h, v)
+  local c, p, cmp, cn, exp, lb = str(h[1]), str(h[2]), str(h[3]), str(h[4]), str(h[5]), str(h[6])
+  local r = {id = id, rk = P .. 'n:' .. id, s = tonumber(string.sub(v, 1, 1)), c = c, cmp = cmp,
+    lb = lb, a = 0, ca = 0, p = p, hn = 0, set = {'c', c, 'p', p}, hist = {}, legacy = false,
+    bk = bk, fld = fld, blob = string.sub(v, 2), cn = cn, exp = exp}
+  put_parts(r.set, 'd', r.blob, record_part)
+  if cmp ~= '' then put(r, 'cmp', cmp) end
+  if cn ~= '' then put(r, 'cn', cn) end
+  if exp ~= '' then put(r, 'exp', exp) end
+  if lb ~= '' then put(r, 'lb', lb) end
+  return r
+end
+
+-- Reads bucket `bk`'s header and fields `flds` in one call: {header, values}.
+local function read_bucket(bk, flds)
+  local f = redis.call('HMGET', bk, 'c', 'p', 'm', 'n', 'e', 'l', unpack(flds))
+  local vals = {}
+  for k = 1, #flds do vals[k] = f[6 + k] end
+  return f, vals
+end
+
+-- Fields unpacked this script, per bucket: one HDEL per bucket at the script's end, and the
+-- bucket goes when only its header is left.
+local UNPACKED = {}
+local function flush_unpacked()
+  for bk, flds in pairs(UNPACKED) do
+    in_runs(flds, function(from, to)
+      redis.call('HDEL', bk, unpack(flds, from, to))
+    end)
+    if redis.call('HLEN', bk) <= #HEAD then
+      local only_head = true
+      for _, k in ipairs(redis.call('HKEYS', bk)) do
+        if #k > 1 then only_head = false end
+      end
+      if only_head then redis.call('DEL', bk) end
+    end
+  end
+  UNPACKED = {}
+end
+
 -- The fields of record `id` most steps need, read in one call (nil: the record is gone).
 -- Writes to it are queued with put/move/receipt and made by save: one HSET however many
 -- fields and history entries a step changes.
@@ -137,18 +205,19 @@ local function load(id)
   local rk = P .. 'n:' .. id
   local f = redis.call('HMGET', rk, 's', 'c', 'cmp', 'lb', 'a', 'ca', 'p', 'hn')
   local s = tonumber(f[1])
-  if not s then return nil end
+  if not s then
+    if not marked(id) then return nil end
+    local bk, fld = bucket_of(id)
+    local h, v = read_bucket(bk, {fld})
+    if not v[1] then return nil end
+    return from_packed(id, bk, fld, h, v[1])
+  end
   local a = tonumber(f[5]) or 0
   local hn = tonumber(f[8]) or 0
   return {id = id, rk = rk, s = s, c = str(f[2]), cmp = str(f[3]), lb = str(f[4]),
     a = a, ca = tonumber(f[6]) or 0, p = str(f[7]), hn = hn, set = {}, hist = {},
     -- Written before history moved into the record: it may have an `ev:` list (below).
     legacy = hn == 0 and a > 0}
-end
-
-local function put(r, k, v)
-  r.set[#r.set + 1] = k
-  r.set[#r.set + 1] = v
 end
 
 -- Moves a loaded record to status `nst` (and channel `nch` when given), keeping counters.
@@ -196,6 +265,11 @@ local function save(r)
   if #r.set > 0 then redis.call('HSET', r.rk, unpack(r.set)) end
   r.set = {}
   r.hist = {}
+  if r.bk then
+    local t = sub(UNPACKED, r.bk)
+    t[#t + 1] = r.fld
+    r.bk = nil
+  end
 end
 
 -- A finished record is kept for `KEEP` ms for GetNotification, then goes. A record written
