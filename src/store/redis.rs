@@ -340,8 +340,9 @@ const PACKED_MAX: usize = 63;
 
 /// Gives runs of like campaign notifications (shared content, and the same first channel,
 /// priority, campaign, labels, expiry and creation time) ids of one bucket each, so the
-/// script packs them into it (see prelude.lua, "Packed records"). A run of one keeps its id.
-fn pack_runs(shard: u16, rows: &mut [EnqueueRow]) {
+/// script packs them into it (see prelude.lua, "Packed records"), and returns where those
+/// runs are, in order: each is passed to the script as one item. A run of one keeps its id.
+fn pack_runs(shard: u16, rows: &mut [EnqueueRow]) -> Vec<std::ops::Range<usize>> {
     fn packable(r: &EnqueueRow) -> bool {
         !r.content_hash.is_empty()
             && r.record.len() <= PACKED_MAX
@@ -357,6 +358,7 @@ fn pack_runs(shard: u16, rows: &mut [EnqueueRow]) {
             && a.campaign == b.campaign
             && a.labels == b.labels
     }
+    let mut runs = Vec::new();
     let mut from = 0;
     while from < rows.len() {
         let mut to = from + 1;
@@ -365,20 +367,23 @@ fn pack_runs(shard: u16, rows: &mut [EnqueueRow]) {
                 to += 1;
             }
         }
-        let run = &mut rows[from..to];
-        if run.len() > 1 {
+        if to - from > 1 {
             // Buckets of near-equal size, none of one.
-            let buckets = run.len().div_ceil(PACK_RUN);
-            let size = run.len().div_ceil(buckets);
-            for chunk in run.chunks_mut(size) {
+            let buckets = (to - from).div_ceil(PACK_RUN);
+            let size = (to - from).div_ceil(buckets);
+            let mut at = from;
+            for chunk in rows[from..to].chunks_mut(size) {
                 let ids = packed_ids(shard, chunk[0].created_at, chunk.len());
                 for (row, id) in chunk.iter_mut().zip(ids) {
                     row.id = id;
                 }
+                runs.push(at..at + chunk.len());
+                at += chunk.len();
             }
         }
         from = to;
     }
+    runs
 }
 
 /// `n` ids made at `at` (ms) for one bucket: their ULIDs share the time and the first 40
@@ -1023,29 +1028,71 @@ impl Store for RedisStore {
                 });
                 idx.push(i);
             }
-            pack_runs(shard, &mut rows);
-            for row in rows {
-                // The script's rule: SCHEDULED when due after now, else QUEUED.
-                let status = if row.due > now {
+            // The script's rule: SCHEDULED when due after now, else QUEUED.
+            let status = |due: Millis| {
+                if due > now {
                     Status::Scheduled
                 } else {
                     Status::Queued
-                };
+                }
+            };
+            let runs = pack_runs(shard, &mut rows);
+            let mut rows = rows.into_iter();
+            let mut at = 0;
+            for run in runs.into_iter().map(Some).chain([None]) {
+                let singles = run.as_ref().map_or(usize::MAX, |r| r.start - at);
+                for row in rows.by_ref().take(singles) {
+                    created.push(Enqueued::Created {
+                        id: row.id.clone(),
+                        status: status(row.due),
+                    });
+                    args.extend([
+                        arg(row.id),
+                        arg(row.idem),
+                        arg(row.fingerprint),
+                        row.record,
+                        arg(row.channel.name()),
+                        arg(row.priority),
+                        arg(row.due),
+                        arg(row.expire_at),
+                        arg(row.campaign),
+                        row.labels,
+                        arg(row.content_hash),
+                        row.content,
+                    ]);
+                }
+                let Some(run) = run else { break };
+                at = run.end;
+                let mut run: Vec<EnqueueRow> = rows.by_ref().take(run.len()).collect();
+                let with_idem = run.iter().any(|r| !r.idem.is_empty());
+                // The content goes with the first item that carries it, if any does.
+                let content = run
+                    .iter_mut()
+                    .find(|r| !r.content.is_empty())
+                    .map(|r| std::mem::take(&mut r.content))
+                    .unwrap_or_default();
+                let head = &run[0];
                 args.extend([
-                    arg(&row.id),
-                    arg(row.idem),
-                    arg(row.fingerprint),
-                    row.record,
-                    arg(row.channel.name()),
-                    arg(row.priority),
-                    arg(row.due),
-                    arg(row.expire_at),
-                    arg(row.campaign),
-                    row.labels,
-                    arg(row.content_hash),
-                    row.content,
+                    arg(if with_idem { "r" } else { "q" }),
+                    arg(run.len()),
+                    arg(head.channel.name()),
+                    arg(head.priority),
+                    arg(head.expire_at),
+                    arg(&head.campaign),
+                    head.labels.clone(),
+                    arg(&head.content_hash),
+                    content,
                 ]);
-                created.push(Enqueued::Created { id: row.id, status });
+                for row in run {
+                    created.push(Enqueued::Created {
+                        id: row.id.clone(),
+                        status: status(row.due),
+                    });
+                    args.extend([arg(row.id), row.record, arg(row.due)]);
+                    if with_idem {
+                        args.extend([arg(row.idem), arg(row.fingerprint)]);
+                    }
+                }
             }
             calls.push((&self.scripts.enqueue, prefix(shard).into_bytes(), args));
             order.push(idx);

@@ -82,17 +82,20 @@ local function cfield_name(ch, st) return 'c' .. ch .. ':' .. txt(st) end
 local function sfield(st) return cached(SF, '', st, sfield_name) end
 local function cfield(ch, st) return cached(CF, ch, st, cfield_name) end
 
-local function count(cmp, och, ost, nch, nst)
-  if cmp == '' then return end
+-- Counts `n` (default 1) notifications of campaign `cmp` moving from status `ost` on channel
+-- `och` (nil: new) to `nst` on `nch`.
+local function count(cmp, och, ost, nch, nst, n)
+  n = n or 1
+  if cmp == '' or n == 0 then return end
   local k = cached(CKEY, '', cmp, camp_key)
   if ost then
-    bump(k, sfield(ost), -1)
-    if och ~= '' then bump(k, cfield(och, ost), -1) end
+    bump(k, sfield(ost), -n)
+    if och ~= '' then bump(k, cfield(och, ost), -n) end
   else
-    bump(k, 'total', 1)
+    bump(k, 'total', n)
   end
-  bump(k, sfield(nst), 1)
-  if nch ~= '' then bump(k, cfield(nch, nst), 1) end
+  bump(k, sfield(nst), n)
+  if nch ~= '' then bump(k, cfield(nch, nst), n) end
 end
 
 -- Whether campaign `cmp` was canceled (asked once per script and campaign).
