@@ -371,6 +371,26 @@ impl Notification {
         rmp_serde::to_vec(self).unwrap_or_default()
     }
 
+    /// The length of `encode()`, counted without writing it anywhere.
+    pub fn encoded_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut n = Count(0);
+        // Counting plain structs cannot fail; if it ever did, the encoding itself is measured.
+        match rmp_serde::encode::write(&mut n, self) {
+            Ok(()) => n.0,
+            Err(_) => self.encode().len(),
+        }
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         rmp_serde::from_slice(bytes).map_err(|e| format!("corrupt notification record: {e}"))
     }
