@@ -2,13 +2,14 @@
 //! specification (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>` with a
 //! `whsec_` secret), so receivers verify it with that specification's libraries.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde_json::json;
+use serde::Serialize;
 use sha2::Sha256;
 
 use super::{parse_retry_after, Channel, Delivery, SendContext};
@@ -37,27 +38,58 @@ pub fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
 }
 
-/// The JSON body a receiver gets (Standard Webhooks' `type`, `timestamp`, `data` shape).
-pub fn payload(n: &Notification, attempt: u32, now_secs: i64) -> serde_json::Value {
+/// The JSON body a receiver gets (Standard Webhooks' `type`, `timestamp`, `data` shape),
+/// serialized straight from the notification. Keys are in sorted order, as a `serde_json::Value`
+/// would write them, so the bytes are the same as building a `Value` first (and about a third
+/// of the CPU: no copies, no map of maps).
+pub fn payload(n: &Notification, attempt: u32, now_secs: i64) -> Vec<u8> {
     let c = &n.content;
-    json!({
-        "type": "notification.send",
-        "timestamp": httpdate_rfc3339(now_secs),
-        "data": {
-            "notification_id": n.id,
-            "campaign_id": n.campaign_id,
-            "category": n.category.name(),
-            "priority": n.priority.name(),
-            "labels": n.labels,
-            "contact_id": n.recipient.contact_id,
-            "title": c.title,
-            "body": c.body,
-            "image_url": c.image_url,
-            "actions": c.actions.iter().map(|a| json!({"label": a.label, "url": a.url})).collect::<Vec<_>>(),
-            "data": c.data,
-            "attempt": attempt,
-        }
-    })
+    let body = Body {
+        data: Data {
+            actions: &c.actions,
+            attempt,
+            body: &c.body,
+            campaign_id: &n.campaign_id,
+            category: n.category.name(),
+            contact_id: &n.recipient.contact_id,
+            data: &c.data,
+            image_url: &c.image_url,
+            labels: &n.labels,
+            notification_id: &n.id,
+            priority: n.priority.name(),
+            title: &c.title,
+        },
+        timestamp: httpdate_rfc3339(now_secs),
+        kind: "notification.send",
+    };
+    // Plain strings and string maps: serializing them to a Vec cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The payload's top level; fields in sorted key order.
+#[derive(Serialize)]
+struct Body<'a> {
+    data: Data<'a>,
+    timestamp: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// The payload's `data`; fields in sorted key order.
+#[derive(Serialize)]
+struct Data<'a> {
+    actions: &'a [model::Action],
+    attempt: u32,
+    body: &'a str,
+    campaign_id: &'a str,
+    category: &'static str,
+    contact_id: &'a str,
+    data: &'a BTreeMap<String, String>,
+    image_url: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    notification_id: &'a str,
+    priority: &'static str,
+    title: &'a str,
 }
 
 /// Seconds since the epoch as an RFC 3339 UTC timestamp.
@@ -81,6 +113,27 @@ fn httpdate_rfc3339(secs: i64) -> String {
         (rem % 3600) / 60,
         rem % 60
     )
+}
+
+thread_local! {
+    /// The last webhook URL this thread parsed. A campaign's sends to one receiver name the
+    /// same URL over and over; parsing it each time (with IDNA) was about 1% of e2e's CPU.
+    static LAST_TARGET: std::cell::RefCell<Option<(String, reqwest::Url)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `raw` parsed, from the thread's last one when it is the same string.
+fn target(raw: &str) -> Option<reqwest::Url> {
+    let known = LAST_TARGET.with(|last| match &*last.borrow() {
+        Some((s, u)) if s == raw => Some(u.clone()),
+        _ => None,
+    });
+    if known.is_some() {
+        return known;
+    }
+    let url = reqwest::Url::parse(raw).ok()?;
+    LAST_TARGET.with(|last| *last.borrow_mut() = Some((raw.to_string(), url.clone())));
+    Some(url)
 }
 
 pub struct Webhook {
@@ -153,11 +206,14 @@ impl Webhook {
             };
         }
         let now = model::now_ms() / 1000;
-        let body = payload(n, attempt, now).to_string().into_bytes();
+        let body = payload(n, attempt, now);
         let sig = sign(&self.key, &n.id, now, &body);
-        let res = self
-            .client
-            .post(url)
+        let req = match target(url) {
+            Some(u) => self.client.post(u),
+            // Not a URL: reqwest refuses it the same way, and the refusal is classified below.
+            None => self.client.post(url.as_str()),
+        };
+        let res = req
             .header("content-type", "application/json")
             .header("webhook-id", &n.id)
             .header("webhook-timestamp", now.to_string())
@@ -245,6 +301,60 @@ mod tests {
             classify(400, None, String::new()),
             Outcome::BadPayload { .. }
         ));
+    }
+
+    #[test]
+    fn the_payload_is_what_a_json_value_of_it_writes() {
+        let mut n = Notification {
+            id: "01J0000000000000000000000W".into(),
+            campaign_id: "spring \"sale\"".into(),
+            labels: [("k".into(), "v\n".into()), ("a".into(), "é".into())].into(),
+            ..Default::default()
+        };
+        n.recipient.contact_id = "c-1".into();
+        n.content.title = "Hi".into();
+        n.content.body = "<b>50%</b> off \u{1F600}".into();
+        n.content.image_url = "https://img.example/x.png".into();
+        n.content.actions = vec![model::Action {
+            label: "Open".into(),
+            url: "https://a.example/o".into(),
+        }];
+        n.content.data = [("deep".into(), "link".into())].into();
+        let c = &n.content;
+        let by_value = serde_json::json!({
+            "type": "notification.send",
+            "timestamp": httpdate_rfc3339(1_700_000_000),
+            "data": {
+                "notification_id": n.id,
+                "campaign_id": n.campaign_id,
+                "category": n.category.name(),
+                "priority": n.priority.name(),
+                "labels": n.labels,
+                "contact_id": n.recipient.contact_id,
+                "title": c.title,
+                "body": c.body,
+                "image_url": c.image_url,
+                "actions": c.actions.iter().map(|a| serde_json::json!({"label": a.label, "url": a.url})).collect::<Vec<_>>(),
+                "data": c.data,
+                "attempt": 3,
+            }
+        });
+        let bytes = payload(&n, 3, 1_700_000_000);
+        assert_eq!(
+            String::from_utf8(bytes).expect("utf-8"),
+            by_value.to_string()
+        );
+    }
+
+    #[test]
+    fn a_remembered_target_is_the_url_asked_for() {
+        let a = target("http://a.example/h?x=1").expect("a");
+        let b = target("https://b.example/other").expect("b");
+        assert_eq!(a.as_str(), "http://a.example/h?x=1");
+        assert_eq!(b.as_str(), "https://b.example/other");
+        assert_eq!(target("https://b.example/other").expect("b again"), b);
+        assert!(target("not a url").is_none());
+        assert_eq!(target("http://a.example/h?x=1").expect("a again"), a);
     }
 
     #[test]
