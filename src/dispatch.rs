@@ -697,16 +697,14 @@ pub(crate) async fn load_usage(
     }
     keys.sort();
     keys.dedup();
-    let states = store.contacts(&keys).await?;
-    let day = utc_day(now_ms());
+    let now = now_ms();
+    let day = utc_day(now);
     let mut budget_keys: Vec<String> = items
         .iter()
         .flat_map(|(n, _)| policy.budgets_for(n).map(|b| budget_key(b, &day)))
         .collect();
     budget_keys.sort();
     budget_keys.dedup();
-    let spent = store.budget_spent(&budget_keys).await?;
-    let now = now_ms();
     let mut recent_keys: Vec<(String, Duration)> = Vec::new();
     for (n, _) in items {
         for w in policy.frequency_windows(n.category) {
@@ -719,7 +717,12 @@ pub(crate) async fn load_usage(
         .iter()
         .map(|(k, w)| (k.clone(), now - w.as_millis() as Millis))
         .collect();
-    let recent = store.recent_sends(&since).await?;
+    // The three reads are independent: in flight together, one wait for the store, not three.
+    let (states, spent, recent) = futures::try_join!(
+        store.contacts(&keys),
+        store.budget_spent(&budget_keys),
+        store.recent_sends(&since)
+    )?;
     Ok(Usage {
         contacts: keys.into_iter().zip(states).collect(),
         spent: budget_keys.into_iter().zip(spent).collect(),

@@ -1028,6 +1028,47 @@ async fn redis_high_lane_has_its_own_connection() {
     assert_eq!(last("ping"), high);
 }
 
+/// Redis only: a dispatch batch's reads of contact state, budgets and recent sends go around
+/// the work gate; other work on the shared connection waits in it.
+#[tokio::test]
+async fn redis_usage_reads_go_around_the_work_gate() {
+    let server = RedisServer::start();
+    let cfg = RedisConfig {
+        url: Some(server.url()),
+        shards: 1,
+        command_timeout: HumanDuration(Duration::from_secs(5)),
+        ..Default::default()
+    };
+    let st = RedisStore::connect(&cfg).await.expect("connect");
+    let dead = ContactKey::new(Channel::Webhook, "http://127.0.0.1:9/dead");
+    st.update_contacts(vec![(dead.clone(), ContactChange::Dead)])
+        .await
+        .expect("update");
+    let full = st.fill_work_gate().await.expect("gate");
+    let quick = Duration::from_secs(2);
+    let states = tokio::time::timeout(quick, st.contacts(std::slice::from_ref(&dead)))
+        .await
+        .expect("contact reads waited behind the gate")
+        .expect("contacts");
+    assert!(states[0].dead, "{states:?}");
+    tokio::time::timeout(quick, st.budget_spent(&["b:2026-12-01".into()]))
+        .await
+        .expect("budget reads waited behind the gate")
+        .expect("budgets");
+    tokio::time::timeout(quick, st.recent_sends(&[("r".into(), 0)]))
+        .await
+        .expect("recent-send reads waited behind the gate")
+        .expect("recent");
+    // Anything else on the shared connection waits for room.
+    let held = tokio::time::timeout(Duration::from_millis(300), st.ping()).await;
+    assert!(held.is_err(), "a full gate let other work through");
+    drop(full);
+    tokio::time::timeout(quick, st.ping())
+        .await
+        .expect("room freed is taken")
+        .expect("ping");
+}
+
 /// Redis only: a notification's history (attempts, receipts) lives in its record, in 64-byte
 /// parts that keep the hash in Redis's compact encoding; a batch's entries leave the ready
 /// stream in one go; and a record written when history had a list of its own (`ev:`) reads
