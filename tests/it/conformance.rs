@@ -1155,6 +1155,17 @@ async fn redis_history_lives_in_the_record() {
 }
 
 /// Claims from `channel` on every shard until nothing is left.
+/// Every webhook notification there is to claim, whole, in id order.
+async fn claimed_in_id_order(store: &dyn Store) -> Vec<Notification> {
+    let mut got: Vec<Notification> = claim_until_empty(store, Channel::Webhook)
+        .await
+        .into_iter()
+        .map(|(_, c)| c.notification)
+        .collect();
+    got.sort_by(|a, b| a.id.cmp(&b.id));
+    got
+}
+
 async fn claim_until_empty(store: &dyn Store, channel: Channel) -> Vec<(u16, Claimed)> {
     let mut out = Vec::new();
     loop {
@@ -1266,14 +1277,8 @@ async fn redis_campaign_runs_are_packed() {
     assert_eq!(status(st, &gone.id).await, Status::Canceled);
 
     // Claimed: every one whole, each now in a key of its own, and the buckets are gone.
-    let mut claimed: Vec<Notification> = claim_until_empty(st, Channel::Webhook)
-        .await
-        .into_iter()
-        .map(|(_, c)| c.notification)
-        .collect();
-    claimed.sort_by(|a, b| a.id.cmp(&b.id));
     written.sort_by(|a, b| a.id.cmp(&b.id));
-    assert_eq!(claimed, written);
+    assert_eq!(claimed_in_id_order(st).await, written);
     assert_eq!(server.cmd(&["KEYS", "herald:{0}:b:*"]), "");
     for n in &written {
         assert_eq!(status(st, &n.id).await, Status::Sending);
@@ -1302,14 +1307,8 @@ async fn redis_campaign_runs_are_packed() {
     assert_eq!(status(st, &later[1].id).await, Status::Scheduled);
     tokio::time::sleep(Duration::from_millis(80)).await;
     assert_eq!(st.promote_due(now_ms(), 10).await.expect("promote"), 3);
-    let mut got: Vec<Notification> = claim_until_empty(st, Channel::Webhook)
-        .await
-        .into_iter()
-        .map(|(_, c)| c.notification)
-        .collect();
-    got.sort_by(|a, b| a.id.cmp(&b.id));
     later.sort_by(|a, b| a.id.cmp(&b.id));
-    assert_eq!(got, later);
+    assert_eq!(claimed_in_id_order(st).await, later);
 
     // A campaign canceled while packed: its records are canceled as workers meet them.
     let mut doomed: Vec<Notification> = (0..4).map(|i| alike("doomed", i)).collect();
