@@ -1028,6 +1028,82 @@ async fn redis_high_lane_has_its_own_connection() {
     assert_eq!(last("ping"), high);
 }
 
+/// Redis only: a takeover pass forgets the consumers that have been quiet for ten takeover
+/// times and own nothing (a dead process's), after moving what they owned; the live one stays.
+#[tokio::test]
+async fn redis_quiet_consumers_are_forgotten() {
+    let s = redis_with(1).await;
+    let st = &*s.store;
+    let server = s.redis.as_ref().expect("redis");
+    let consumers = || -> Vec<String> {
+        let mut names: Vec<String> = server
+            .cmd(&["KEYS", "herald:{0}:ready:*"])
+            .lines()
+            .flat_map(|key| {
+                let info = server.cmd(&["XINFO", "CONSUMERS", key, "herald"]);
+                let lines: Vec<String> = info.lines().map(str::to_string).collect();
+                lines
+                    .windows(2)
+                    .filter(|w| w[0] == "name")
+                    .map(|w| w[1].clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    // One worker finished its entry and went away; another died holding one.
+    let done_id = enqueue(st, note(st, vec![Channel::Webhook])).await;
+    let (shard, gone) = claim_all(st, Channel::Webhook, "gone-worker")
+        .await
+        .remove(0);
+    assert_eq!(gone.notification.id, done_id);
+    let applied = st
+        .finish(
+            Channel::Webhook,
+            shard,
+            "gone-worker",
+            vec![done(&gone, Channel::Webhook, sent(Status::Sent))],
+            now_ms(),
+        )
+        .await
+        .expect("finish");
+    assert_eq!(applied, 1);
+    let held_id = enqueue(st, note(st, vec![Channel::Webhook])).await;
+    assert_eq!(
+        claim_all(st, Channel::Webhook, "dead-worker").await.len(),
+        1
+    );
+    assert_eq!(consumers(), ["dead-worker", "gone-worker"]);
+
+    // A takeover pass before they have been quiet for long forgets nobody.
+    let takeover = Some(Duration::from_millis(250));
+    let claim = |who: &'static str| {
+        st.claim(
+            Channel::Webhook,
+            shard,
+            who,
+            10,
+            Priority::Bulk,
+            takeover,
+            now_ms(),
+        )
+    };
+    // (A read that finds nothing does not make a consumer.)
+    assert!(claim("live-worker").await.expect("claim").is_empty());
+    assert_eq!(consumers(), ["dead-worker", "gone-worker"]);
+
+    // Past ten takeover times: the held entry moves to the live worker, then both quiet
+    // consumers, owning nothing now, are forgotten.
+    tokio::time::sleep(Duration::from_millis(2_700)).await;
+    let taken = claim("live-worker").await.expect("claim");
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].notification.id, held_id);
+    assert_eq!(consumers(), ["live-worker"]);
+    assert_eq!(status(st, &held_id).await, Status::Sending);
+}
+
 /// Redis only: a dispatch batch's reads of contact state, budgets and recent sends go around
 /// the work gate; other work on the shared connection waits in it.
 #[tokio::test]

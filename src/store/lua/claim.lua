@@ -7,6 +7,8 @@
 local ch, consumer, want, idle = ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local last = tonumber(ARGV[8]) or 3
 local out = {}
+-- Consumers quiet this long with nothing pending are forgotten (see forget_quiet).
+local FORGET_AFTER = idle * 10
 
 local function read(key, n)
   local res = redis.pcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', n, 'STREAMS', key, '>')
@@ -23,6 +25,23 @@ local function read(key, n)
   return res[1][2]
 end
 
+-- Drops from the group the consumers that have been quiet for FORGET_AFTER and own nothing:
+-- a process that died or was scaled away leaves its consumers behind, one per worker and
+-- restart. A live worker that only has not read this stream for a while is made again by its
+-- next read, so dropping it loses nothing; a consumer that still owns entries is kept until
+-- the takeover above has moved them.
+local function forget_quiet(key)
+  local info = redis.pcall('XINFO', 'CONSUMERS', key, GROUP)
+  if type(info) ~= 'table' or info.err then return end
+  for _, c in ipairs(info) do
+    local f = {}
+    for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+    if f.name and f.name ~= consumer and f.pending == 0 and (f.idle or 0) > FORGET_AFTER then
+      redis.call('XGROUP', 'DELCONSUMER', key, GROUP, f.name)
+    end
+  end
+end
+
 for pr = 1, last do
   if #out >= want then break end
   local key = ready(ch, pr)
@@ -33,6 +52,7 @@ for pr = 1, last do
       ensure_group(key)
     else
       for _, e in ipairs(r[2]) do entries[#entries + 1] = e end
+      forget_quiet(key)
     end
   end
   if #entries < want - #out then
