@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::channels::webhook;
 use crate::config::IngestConfig;
 use crate::model::{
     fnv1a, make_id_at, now_ms, Category, Channel, Content, Millis, Notification, Priority,
@@ -287,13 +288,13 @@ impl Ingest {
             );
         }
         if !r.webhook_url.is_empty() {
-            match webhook_scheme(&r.webhook_url) {
-                Some(WebScheme::Http) if self.https_webhooks_only => bad(
+            match webhook::target(&r.webhook_url).as_ref().map(|u| u.scheme()) {
+                Some("http") if self.https_webhooks_only => bad(
                     "recipient.webhook_url",
                     "must be https (channels.webhook.allow_http is false)".into(),
                 ),
-                Some(_) => {}
-                None => bad(
+                Some("http" | "https") => {}
+                _ => bad(
                     "recipient.webhook_url",
                     "must be an absolute http(s) URL".into(),
                 ),
@@ -410,42 +411,6 @@ fn accepted(r: Enqueued) -> Result<Accepted, IngestError> {
 
 /// What an id and a creation time add to an encoded notification beyond the id's own bytes.
 const ID_AND_TIME_OVERHEAD: usize = 10;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WebScheme {
-    Http,
-    Https,
-}
-
-thread_local! {
-    /// The last webhook URL this thread found well formed, and its scheme. A batch or a
-    /// campaign names the same URL many times, and parsing each was a tenth of SendBatch's CPU.
-    static LAST_WEBHOOK: std::cell::RefCell<(String, WebScheme)> =
-        const { std::cell::RefCell::new((String::new(), WebScheme::Https)) };
-}
-
-/// The scheme of an absolute http(s) URL; None for anything else.
-fn webhook_scheme(raw: &str) -> Option<WebScheme> {
-    let known = LAST_WEBHOOK.with(|last| {
-        let last = last.borrow();
-        (!last.0.is_empty() && last.0 == raw).then_some(last.1)
-    });
-    if known.is_some() {
-        return known;
-    }
-    let scheme = match url::Url::parse(raw).ok()?.scheme() {
-        "http" => WebScheme::Http,
-        "https" => WebScheme::Https,
-        _ => return None,
-    };
-    LAST_WEBHOOK.with(|last| {
-        let mut last = last.borrow_mut();
-        last.0.clear();
-        last.0.push_str(raw);
-        last.1 = scheme;
-    });
-    Some(scheme)
-}
 
 /// A digest of a notification encoded without its id and creation time.
 fn fingerprint(asked: &[u8]) -> String {

@@ -221,7 +221,8 @@ const QUEUED_WORK: usize = 128;
 /// `herald-load run e2e`, a third of a dispatch worker's cycle.
 const READ_AROUND_GATE: usize = 0;
 
-/// Bounds the work sent on the shared connection and not yet answered; the HIGH lane passes.
+/// Bounds the work sent on the shared connection and not yet answered; the HIGH lane and
+/// work of weight 0 (`READ_AROUND_GATE`) pass.
 struct WorkGate {
     room: tokio::sync::Semaphore,
     /// The most one pipeline takes (half: two big ones are always in flight together).
@@ -241,14 +242,17 @@ impl WorkGate {
         &self,
         weight: usize,
     ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, StoreError> {
-        if super::in_high_lane() {
+        if weight == 0 || super::in_high_lane() {
             return Ok(None);
         }
-        let w = weight.clamp(1, self.max_weight) as u32;
+        self.take(weight.min(self.max_weight)).await.map(Some)
+    }
+
+    /// Waits for `n` units of room, whatever the caller.
+    async fn take(&self, n: usize) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
         self.room
-            .acquire_many(w)
+            .acquire_many(n as u32)
             .await
-            .map(Some)
             .map_err(|_| StoreError::Internal("the Redis work gate is closed".into()))
     }
 }
@@ -706,11 +710,7 @@ impl RedisStore {
     /// scripts do. For tests of what waits behind them and what does not.
     #[doc(hidden)]
     pub async fn fill_work_gate(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
-        self.queued
-            .room
-            .acquire_many(QUEUED_WORK as u32)
-            .await
-            .map_err(|_| StoreError::Internal("the Redis work gate is closed".into()))
+        self.queued.take(QUEUED_WORK).await
     }
 
     /// Idempotency window (default 24 h).
@@ -737,13 +737,9 @@ impl RedisStore {
     /// whole, so what is sent and not yet answered is what a HIGH command would wait behind.
     /// The wait for the gate counts against `redis.command_timeout` too: while Redis is away
     /// a call fails in that time, not after everything ahead of it has failed.
-    /// Weight 0 goes around the gate: a few plain reads (`READ_AROUND_GATE`).
     async fn query_w(&self, pipe: &Pipeline, weight: usize) -> Result<Vec<Value>, StoreError> {
         let call = async {
-            let _turn = match weight {
-                0 => None,
-                w => self.queued.enter(w).await?,
-            };
+            let _turn = self.queued.enter(weight).await?;
             let mut c = self.conn();
             pipe.query_async::<Vec<Value>>(&mut c)
                 .await

@@ -131,11 +131,28 @@ fn done(c: &Claimed, channel: Channel, d: Disposition) -> Completion {
 
 /// Finishes one claimed entry as consumer "w".
 async fn finish_one(st: &dyn Store, channel: Channel, shard: u16, c: &Claimed, d: Disposition) {
-    let applied = st
-        .finish(channel, shard, "w", vec![done(c, channel, d)], now_ms())
-        .await
-        .expect("finish");
+    let applied = finish_as(st, channel, shard, "w", c, d).await;
     assert_eq!(applied, 1, "consumer w owns the entry");
+}
+
+/// Finishes one claimed entry as `consumer`; how many finishes applied (0: not its own).
+async fn finish_as(
+    st: &dyn Store,
+    channel: Channel,
+    shard: u16,
+    consumer: &str,
+    c: &Claimed,
+    d: Disposition,
+) -> usize {
+    st.finish(
+        channel,
+        shard,
+        consumer,
+        vec![done(c, channel, d)],
+        now_ms(),
+    )
+    .await
+    .expect("finish")
 }
 
 fn sent(status: Status) -> Disposition {
@@ -403,28 +420,26 @@ pub async fn takeover_of_abandoned_entries(s: Subject) {
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].notification.id, id);
     // The slow worker no longer owns it: its finish is skipped.
-    let applied = st
-        .finish(
-            Channel::Webhook,
-            shard,
-            "dead-worker",
-            vec![done(&mine, Channel::Webhook, sent(Status::Sent))],
-            now_ms(),
-        )
-        .await
-        .expect("finish");
+    let applied = finish_as(
+        st,
+        Channel::Webhook,
+        shard,
+        "dead-worker",
+        &mine,
+        sent(Status::Sent),
+    )
+    .await;
     assert_eq!(applied, 0);
     assert_eq!(status(st, &id).await, Status::Sending);
-    let applied = st
-        .finish(
-            Channel::Webhook,
-            shard,
-            "live-worker",
-            vec![done(&taken[0], Channel::Webhook, sent(Status::Delivered))],
-            now_ms(),
-        )
-        .await
-        .expect("finish");
+    let applied = finish_as(
+        st,
+        Channel::Webhook,
+        shard,
+        "live-worker",
+        &taken[0],
+        sent(Status::Delivered),
+    )
+    .await;
     assert_eq!(applied, 1);
     assert_eq!(status(st, &id).await, Status::Delivered);
 }
@@ -1059,16 +1074,15 @@ async fn redis_quiet_consumers_are_forgotten() {
         .await
         .remove(0);
     assert_eq!(gone.notification.id, done_id);
-    let applied = st
-        .finish(
-            Channel::Webhook,
-            shard,
-            "gone-worker",
-            vec![done(&gone, Channel::Webhook, sent(Status::Sent))],
-            now_ms(),
-        )
-        .await
-        .expect("finish");
+    let applied = finish_as(
+        st,
+        Channel::Webhook,
+        shard,
+        "gone-worker",
+        &gone,
+        sent(Status::Sent),
+    )
+    .await;
     assert_eq!(applied, 1);
     let held_id = enqueue(st, note(st, vec![Channel::Webhook])).await;
     assert_eq!(
