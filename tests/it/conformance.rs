@@ -967,6 +967,33 @@ async fn redis_restart_reloads_scripts() {
     assert_eq!(got[0].1.notification.id, id);
 }
 
+/// Redis only: the queue's Lua runs as functions of one library (`FCALL`), and a library
+/// that Redis lost while it stayed up (`FUNCTION FLUSH`, a node that joined empty) is loaded
+/// again by the next call, which then succeeds.
+#[tokio::test]
+async fn redis_function_library_is_reloaded_when_lost() {
+    let s = redis_with(1).await;
+    let redis = s.redis.as_ref().expect("redis");
+    let first = enqueue(&*s.store, note(&*s.store, vec![Channel::Webhook])).await;
+    let libs = redis.cmd(&["FUNCTION", "LIST"]);
+    assert!(libs.contains("herald_enqueue_"), "{libs}");
+    let stats = redis.cmd(&["INFO", "commandstats"]);
+    assert!(stats.contains("cmdstat_fcall:"), "{stats}");
+    assert!(!stats.contains("cmdstat_evalsha:"), "{stats}");
+
+    assert_eq!(redis.cmd(&["FUNCTION", "FLUSH"]), "OK");
+    assert_eq!(redis.cmd(&["FUNCTION", "LIST"]), "");
+    let second = enqueue(&*s.store, note(&*s.store, vec![Channel::Webhook])).await;
+    let libs = redis.cmd(&["FUNCTION", "LIST"]);
+    assert!(libs.contains("herald_claim_"), "{libs}");
+    let got = claim_all(&*s.store, Channel::Webhook, "w").await;
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|(_, c)| c.notification.id.as_str())
+        .collect();
+    assert_eq!(ids, vec![first.as_str(), second.as_str()]);
+}
+
 pub async fn policy_versions(s: Subject) {
     use herald::store::PolicyApplied;
     let st = &*s.store;
@@ -1033,13 +1060,13 @@ async fn redis_high_lane_has_its_own_connection() {
     // A HIGH enqueue, then an ordinary ping: two clients.
     herald::store::high_lane(enqueue(st, note(st, vec![Channel::Webhook]))).await;
     st.ping().await.expect("ping");
-    let (high, shared) = (last("evalsha"), last("ping"));
+    let (high, shared) = (last("fcall"), last("ping"));
     assert_eq!((high.len(), shared.len()), (1, 1), "{high:?} {shared:?}");
     assert_ne!(high, shared);
     // The other way round: each lane keeps its connection.
     enqueue(st, note(st, vec![Channel::Webhook])).await;
     herald::store::high_lane(st.ping()).await.expect("ping");
-    assert_eq!(last("evalsha"), shared);
+    assert_eq!(last("fcall"), shared);
     assert_eq!(last("ping"), high);
 }
 

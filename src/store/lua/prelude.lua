@@ -1,10 +1,13 @@
--- Shared by every Herald script. KEYS[1] is the shard prefix `herald:{s}:`: every key a
--- script touches starts with it, so one script stays in one hash slot (Redis Cluster).
--- ARGV[1] = now (ms), ARGV[2] = receipts stream cap, ARGV[3] = retention of finished records (ms).
-local P = KEYS[1]
-local NOW = tonumber(ARGV[1])
-local MAXR = ARGV[2]
-local KEEP = ARGV[3]
+-- Shared by every Herald function: the top of the `herald_<hash>` function library (see
+-- `Library` in redis.rs). It runs once, when the library is loaded; each call then starts
+-- with `begin`. KEYS[1] is the shard prefix `herald:{s}:`: every key a call touches starts
+-- with it, so one call stays in one hash slot (Redis Cluster). ARGV[1] = now (ms), ARGV[2] =
+-- receipts stream cap, ARGV[3] = retention of finished records (ms).
+--
+-- What a call reads and gathers lives in the locals below and is reset by `begin`: Redis
+-- runs one call at a time, and a call that failed half way leaves nothing to the next.
+local KEYS, ARGV, P, NOW, MAXR, KEEP, NOWS, RECEIPTS
+local TALLY, READY, CKEY, CXL, UNPACKED, ACKS
 local GROUP = 'herald'
 
 -- Status numbers match model::Status. Rank: a receipt only moves a notification up.
@@ -30,7 +33,6 @@ local function txt(v)
   if type(v) ~= 'number' then return v end
   return NUM[v] or string.format('%d', v)
 end
-local NOWS = ARGV[1]
 
 -- Campaign counters: current status, and current status per channel. Summed in TALLY while
 -- the script runs and written once per campaign and field by flush_counts at its end.
@@ -62,20 +64,17 @@ local function in_runs(list, f)
   end
 end
 
-local TALLY = {}
 local function bump(k, field, n)
   local t = sub(TALLY, k)
   t[field] = (t[field] or 0) + n
 end
 
 -- Ready stream keys by channel and priority.
-local READY = {}
 local function ready_key(ch, pr) return P .. 'ready:' .. ch .. ':' .. pr end
 local function ready(ch, pr) return cached(READY, ch, pr, ready_key) end
-local RECEIPTS = P .. 'receipts'
 
 -- Campaign counter keys and fields (a batch counts the same few many times).
-local CKEY, SF, CF = {}, {}, {}
+local SF, CF = {}, {}
 local function camp_key(_, cmp) return P .. 'camp:' .. cmp end
 local function sfield_name(_, st) return 's' .. txt(st) end
 local function cfield_name(ch, st) return 'c' .. ch .. ':' .. txt(st) end
@@ -99,7 +98,6 @@ local function count(cmp, och, ost, nch, nst, n)
 end
 
 -- Whether campaign `cmp` was canceled (asked once per script and campaign).
-local CXL = {}
 local function canceled(cmp)
   if cmp == '' then return false end
   local v = CXL[cmp]
@@ -184,7 +182,6 @@ end
 
 -- Fields unpacked this script, per bucket: one HDEL per bucket at the script's end, and the
 -- bucket goes when only its header is left.
-local UNPACKED = {}
 local function flush_unpacked()
   for bk, flds in pairs(UNPACKED) do
     in_runs(flds, function(from, to)
@@ -292,7 +289,6 @@ end
 
 -- Acknowledged (and deleted) ready-stream entries, per stream: one XACK and one XDEL per
 -- stream at the script's end (flush_acks), however many entries a batch finishes.
-local ACKS = {}
 local function ack(key, eid)
   local t = sub(ACKS, key)
   t[#t + 1] = eid
@@ -311,4 +307,27 @@ end
 local function ensure_group(key)
   -- BUSYGROUP (it exists already) is fine.
   redis.pcall('XGROUP', 'CREATE', key, GROUP, '0', 'MKSTREAM')
+end
+
+-- The start of every call: its keys and arguments, and empty per-call state. Field-name
+-- caches (SF, CF) do not depend on the call and are kept.
+local function begin(keys, args)
+  KEYS, ARGV = keys, args
+  P = keys[1]
+  NOW = tonumber(args[1])
+  NOWS = args[1]
+  MAXR = args[2]
+  KEEP = args[3]
+  RECEIPTS = P .. 'receipts'
+  TALLY, READY, CKEY, CXL, UNPACKED, ACKS = {}, {}, {}, {}, {}, {}
+end
+
+-- The end of every call: the campaign counters it moved, one HINCRBY per campaign and field;
+-- the ready-stream entries it acknowledged, one XACK and one XDEL per stream; the packed
+-- records it unpacked, one HDEL per bucket.
+local function done(reply)
+  flush_counts()
+  flush_acks()
+  flush_unpacked()
+  return reply
 end
