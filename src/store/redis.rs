@@ -1020,53 +1020,70 @@ fn arg(s: impl ToString) -> Vec<u8> {
     s.to_string().into_bytes()
 }
 
+/// A receipt-stream entry: `id`, `r` (the receipt as its history entry holds it, see
+/// `split_receipt`), `cmp`, `lb`. Entries written before that format have a field per part
+/// (`st`, `ch`, `at`, …) and are read as well.
 fn decode_receipt(fields: HashMap<String, Value>, cursor: String) -> Option<Receipt> {
     let g = |k: &str| fields.get(k).map(text).unwrap_or_default();
-    let status = Status::from_number(g("st").parse().ok()?)?;
     let labels = fields
         .get("lb")
         .map(bytes)
         .filter(|b| !b.is_empty())
         .and_then(|b| rmp_serde::from_slice(&b).ok())
         .unwrap_or_default();
+    let packed = g("r");
+    let parts: Vec<String> = if packed.is_empty() {
+        ["st", "ch", "at", "pid", "ec", "code", "att", "cost", "cur"]
+            .iter()
+            .map(|k| g(k))
+            .collect()
+    } else {
+        split_receipt(&packed)?
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let mut r = receipt_of(&parts)?;
+    r.notification_id = g("id");
+    r.campaign_id = g("cmp");
+    r.labels = labels;
+    r.cursor = cursor;
+    Some(r)
+}
+
+/// A receipt as one string, `st ch at pid ec code att cost cur` joined by U+001F.
+fn split_receipt(s: &str) -> Option<Vec<&str>> {
+    let f: Vec<&str> = s.split('\u{1f}').collect();
+    (f.len() >= 9).then_some(f)
+}
+
+/// A receipt from its nine parts (see `split_receipt`); ids, labels and cursor left empty.
+fn receipt_of<S: AsRef<str>>(f: &[S]) -> Option<Receipt> {
+    let f = |i: usize| f[i].as_ref();
     Some(Receipt {
-        notification_id: g("id"),
-        campaign_id: g("cmp"),
-        channel: Channel::from_name(&g("ch")),
-        status,
-        provider_id: g("pid"),
-        error_class: g("ec").parse().ok().and_then(ErrorClass::from_number),
-        error_code: g("code"),
-        attempt: g("att").parse().unwrap_or(0),
-        cost_micros: g("cost").parse().unwrap_or(0),
-        currency: g("cur"),
-        at: g("at").parse().unwrap_or(0),
-        labels,
-        cursor,
+        notification_id: String::new(),
+        campaign_id: String::new(),
+        channel: Channel::from_name(f(1)),
+        status: Status::from_number(f(0).parse().ok()?)?,
+        provider_id: f(3).to_string(),
+        error_class: f(4).parse().ok().and_then(ErrorClass::from_number),
+        error_code: f(5).to_string(),
+        attempt: f(6).parse().unwrap_or(0),
+        cost_micros: f(7).parse().unwrap_or(0),
+        currency: f(8).to_string(),
+        at: f(2).parse().unwrap_or(0),
+        labels: Default::default(),
+        cursor: String::new(),
     })
 }
 
 /// A receipt kept in a notification's history: `st ch at pid ec code att cost cur`.
 fn decode_history_receipt(n: &Notification, s: &str) -> Option<Receipt> {
-    let f: Vec<&str> = s.split('\u{1f}').collect();
-    if f.len() < 9 {
-        return None;
-    }
-    Some(Receipt {
-        notification_id: n.id.clone(),
-        campaign_id: n.campaign_id.clone(),
-        channel: Channel::from_name(f[1]),
-        status: Status::from_number(f[0].parse().ok()?)?,
-        provider_id: f[3].to_string(),
-        error_class: f[4].parse().ok().and_then(ErrorClass::from_number),
-        error_code: f[5].to_string(),
-        attempt: f[6].parse().unwrap_or(0),
-        cost_micros: f[7].parse().unwrap_or(0),
-        currency: f[8].to_string(),
-        at: f[2].parse().unwrap_or(0),
-        labels: n.labels.clone(),
-        cursor: String::new(),
-    })
+    let mut r = receipt_of(&split_receipt(s)?)?;
+    r.notification_id = n.id.clone();
+    r.campaign_id = n.campaign_id.clone();
+    r.labels = n.labels.clone();
+    Some(r)
 }
 
 /// Cursor over every shard's receipt stream: `r1:<id>,<id>,…` (one stream id per shard).
@@ -2296,6 +2313,59 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fields(kv: &[(&str, &str)]) -> HashMap<String, Value> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn receipt_entries_are_read_in_both_formats() {
+        let packed = fields(&[
+            ("id", "01ABC-0"),
+            (
+                "r",
+                "7\u{1f}webhook\u{1f}1700\u{1f}pid-1\u{1f}\u{1f}\u{1f}2\u{1f}150\u{1f}EUR",
+            ),
+            ("cmp", "spring"),
+            ("lb", ""),
+        ]);
+        let old = fields(&[
+            ("id", "01ABC-0"),
+            ("st", "7"),
+            ("ch", "webhook"),
+            ("at", "1700"),
+            ("pid", "pid-1"),
+            ("ec", ""),
+            ("code", ""),
+            ("att", "2"),
+            ("cost", "150"),
+            ("cur", "EUR"),
+            ("cmp", "spring"),
+            ("lb", ""),
+        ]);
+        let a = decode_receipt(packed, "c1".into()).expect("packed entry");
+        let b = decode_receipt(old, "c1".into()).expect("old entry");
+        for r in [&a, &b] {
+            assert_eq!(r.notification_id, "01ABC-0");
+            assert_eq!(r.campaign_id, "spring");
+            assert_eq!(r.status, Status::Delivered);
+            assert_eq!(r.channel, Some(Channel::Webhook));
+            assert_eq!((r.at, r.attempt, r.cost_micros), (1700, 2, 150));
+            assert_eq!(
+                (r.provider_id.as_str(), r.currency.as_str()),
+                ("pid-1", "EUR")
+            );
+            assert_eq!(r.error_class, None);
+            assert_eq!(r.cursor, "c1");
+        }
+        // Too few parts, or no status: not a receipt.
+        assert!(
+            decode_receipt(fields(&[("id", "x"), ("r", "7\u{1f}webhook")]), "c".into()).is_none()
+        );
+        assert!(decode_receipt(fields(&[("id", "x")]), "c".into()).is_none());
+    }
 
     #[tokio::test]
     async fn the_work_gate_holds_back_bulk_work_and_lets_the_high_lane_pass() {

@@ -232,19 +232,16 @@ local function move(r, nst, nch)
 end
 
 -- A receipt of a loaded record: to the shard's receipt stream now, to its history at save.
+-- Both hold it as one string, `st ch at pid ec code att cost cur` joined by \31: a stream
+-- entry of four fields (id, r, cmp, lb) instead of twelve costs less to pass, to add and to
+-- keep.
 local function receipt(r, st, at, pid, ec, code, att, cost, cur)
-  st = txt(st)
-  at = txt(at)
-  pid = pid or ''
-  ec = ec or ''
-  code = code or ''
-  att = txt(att or 0)
-  cost = txt(cost or 0)
-  cur = cur or ''
-  redis.call('XADD', RECEIPTS, 'MAXLEN', '~', MAXR, '*',
-    'id', r.id, 'st', st, 'ch', r.c, 'at', at, 'pid', pid, 'ec', ec, 'code', code,
-    'att', att, 'cost', cost, 'cur', cur, 'cmp', r.cmp, 'lb', r.lb)
-  r.hist[#r.hist + 1] = 'r' .. table.concat({st, r.c, at, pid, ec, code, att, cost, cur}, '\31')
+  local e = txt(st) .. '\31' .. r.c .. '\31' .. txt(at) .. '\31' .. (pid or '') .. '\31' ..
+    (ec or '') .. '\31' .. (code or '') .. '\31' .. txt(att or 0) .. '\31' ..
+    txt(cost or 0) .. '\31' .. (cur or '')
+  redis.call('XADD', RECEIPTS, 'MAXLEN', '~', MAXR, '*', 'id', r.id, 'r', e, 'cmp', r.cmp,
+    'lb', r.lb)
+  r.hist[#r.hist + 1] = 'r' .. e
 end
 
 -- History entries go into the record itself, as fields h1, h2, ... (`hn` counts them), each

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Redis CPU per notification of the queue's Lua functions, each on its own.
+
+Starts its own redis-server (no persistence) on a free loopback port, loads
+src/store/lua/ as one function library the way RedisStore does, then runs N rounds of
+64 e2e-shaped notifications (webhook, a campaign, shared content, per-notification labels)
+through enqueue, claim and finish, one phase after the other, and prints each phase's
+Redis time per notification from `INFO commandstats` (FCALL usec). With --without NAME the
+finish runs without one of its parts, to see what that part costs (see VARIANTS).
+
+    python3 -m venv /tmp/venv && /tmp/venv/bin/pip install redis
+    /tmp/venv/bin/python load-tests/lua/cost.py [--rounds 200] [--without receipt_xadd] [--lua DIR]
+
+Only a measuring tool: Herald does not use it.
+"""
+import argparse, os, socket, subprocess, sys, tempfile, time
+
+import redis
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "store", "lua")
+BODIES = ["enqueue", "claim", "finish", "promote", "receipt", "cancel"]
+B = 64
+# Parts of the prelude left out with --without: (text, replacement).
+VARIANTS = {
+    "receipt_xadd": [("  redis.call('XADD', RECEIPTS, 'MAXLEN', '~', MAXR, '*',",
+                      "  if false then redis.call('XADD', RECEIPTS, 'MAXLEN', '~', MAXR, '*',"),
+                     ("'cmp', r.cmp, 'lb', r.lb)\n", "'cmp', r.cmp, 'lb', r.lb) end\n")],
+    "pexpire": [("  redis.call('PEXPIRE', r.rk, KEEP)", "  --")],
+    "hset": [("  if #r.set > 0 then redis.call('HSET', r.rk, unpack(r.set)) end", "  --")],
+    "history": [("  if #r.hist > 0 then", "  if false then")],
+}
+
+
+def library(root, without):
+    pre = open(os.path.join(root, "prelude.lua")).read()
+    for old, new in VARIANTS.get(without, []):
+        assert pre.count(old) == 1, old
+        pre = pre.replace(old, new)
+    code = "#!lua name=herald_cost\n" + pre + "\n"
+    for n in BODIES:
+        body = open(os.path.join(root, n + ".lua")).read()
+        code += (f"local function {n}_body()\n{body}\nend\n"
+                 f"redis.register_function('cost_{n}', function(keys, args) "
+                 f"begin(keys, args) return done({n}_body()) end)\n")
+    return code
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=200)
+    ap.add_argument("--without", choices=sorted(VARIANTS), default=None)
+    ap.add_argument("--lua", default=ROOT, help="the Lua to load (default: src/store/lua)")
+    a = ap.parse_args()
+    port = free_port()
+    d = tempfile.mkdtemp()
+    srv = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                            "--save", "", "--appendonly", "no", "--dir", d],
+                           stdout=subprocess.DEVNULL)
+    try:
+        r = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        run(r, a.rounds, library(a.lua, a.without), a.without != "receipt_xadd")
+    finally:
+        srv.terminate()
+        srv.wait()
+
+
+def run(r, n_rounds, code, check):
+    r.function_load(code, replace=True)
+    key = "herald:{0}:"
+    common = [1796202324337, 1000000, 604800000]
+    blob = (b"\x99\xa7default\xa0\x9b\xa6c60003\xa0\xa0\xa0\xa0\x90\x90\x90"
+            b"\xbbhttp://127.0.0.1:39309/hook\xa0\xa0\x91\x02\x01\x02\x00\x00\x00")
+    content = b"\x98\xa9Load test\xd9" + b"x" * 120 + b"\xa0\x90\xc0\x80\xa0\xa0"
+    ids = [[f"01M8V00RBG{n * B + i:014d}XX-0" for i in range(B)] for n in range(n_rounds)]
+    claimed = []
+
+    def enqueue():
+        for n in range(n_rounds):
+            args = common + [86400000, 1209600000]
+            for i, id_ in enumerate(ids[n]):
+                labels = b"\x82\xa2lg\xa3e2e\xa2t0\xb0" + str(1796202324333225 + i).encode()
+                args += [id_, "", "", blob, "webhook", "2", "0", "0", "lg-e2e", labels,
+                         "30a5f288968fc7c617edbf80", content if i == 0 else ""]
+            r.fcall("cost_enqueue", 1, key, *args)
+
+    def claim():
+        # A consumer per batch, as each worker holds only its own batch.
+        for n in range(n_rounds):
+            claimed.append(r.fcall("cost_claim", 1, key, *(common + ["webhook", f"w{n}", B, 0, 3])))
+
+    def finish():
+        for n, rows in enumerate(claimed):
+            args = common + ["webhook", f"w{n}"]
+            for row in rows:
+                pr, eid, id_ = row[0], row[1], row[7]
+                attempt = (b"\x9a\x01\x02\xcf\x00\x00\x01\xa26\x00aS\xcf\x00\x00\x01\xa26\x00aV"
+                           b"\xa4sent\xc0\xa0\xa0\xbc" + id_ + b"\x80")
+                args += [pr, eid, id_, "sent", "7", "", attempt, id_, "", "", "0", ""]
+            r.fcall("cost_finish", 1, key, *args)
+
+    for name, f in [("enqueue", enqueue), ("claim", claim), ("finish", finish)]:
+        r.config_resetstat()
+        f()
+        s = r.info("commandstats").get("cmdstat_fcall", {"usec": 0})
+        print(f"{name}: {s['usec'] / (n_rounds * B):.1f} us of Redis per notification")
+    done = r.xlen(key + "receipts")
+    if check and done != n_rounds * B:
+        sys.exit(f"only {done} of {n_rounds * B} notifications finished")
+
+
+if __name__ == "__main__":
+    main()
