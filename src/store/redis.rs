@@ -35,7 +35,8 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 /// (48 → 37 µs per call in `redis-benchmark`). The hash in the names lets two Herald versions
 /// share a Redis during a rolling upgrade, each with its own library.
 struct Library {
-    name: String,
+    /// 12 hex digits of the SHA-1 of the prelude and bodies.
+    hash: String,
     code: String,
 }
 
@@ -61,8 +62,7 @@ impl Library {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let name = format!("herald_{hash}");
-        let mut code = format!("#!lua name={name}\n{PRELUDE}\n");
+        let mut code = format!("#!lua name=herald_{hash}\n{PRELUDE}\n");
         for (body_name, body) in Self::BODIES {
             code.push_str(&format!(
                 "local function {body_name}_body()\n{body}\nend\n\
@@ -70,7 +70,7 @@ impl Library {
                 Self::function_name(&hash, body_name)
             ));
         }
-        Self { name, code }
+        Self { hash, code }
     }
 
     fn function_name(hash: &str, body: &str) -> String {
@@ -78,8 +78,7 @@ impl Library {
     }
 
     fn function(&self, body: &str) -> Code {
-        let hash = self.name.trim_start_matches("herald_");
-        Code::Function(Self::function_name(hash, body))
+        Code::Function(Self::function_name(&self.hash, body))
     }
 }
 
@@ -822,29 +821,35 @@ impl RedisStore {
                 .await
                 .map_err(map_err)
         };
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(
-                "redis did not answer in time".into(),
-            )),
-        }
+        self.in_time(call).await
+    }
+
+    /// `call`, failing as unavailable past `redis.command_timeout`.
+    async fn in_time<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "redis did not answer in time".into(),
+                ))
+            })
     }
 
     /// Loads the function library (every primary of a cluster). `REPLACE`: another instance
-    /// of the same version may have loaded the same code a moment ago.
+    /// of the same version may have loaded the same code a moment ago. A single command, not
+    /// a pipeline: a cluster sends it to every primary.
     async fn load_library(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
         let mut cmd = redis::cmd("FUNCTION");
         cmd.arg("LOAD")
             .arg("REPLACE")
             .arg(&self.scripts.library.code);
-        let load = cmd.query_async::<Value>(&mut c);
-        match tokio::time::timeout(self.timeout, load).await {
-            Ok(r) => r.map(|_| ()).map_err(map_err),
-            Err(_) => Err(StoreError::Unavailable(
-                "redis did not answer in time".into(),
-            )),
-        }
+        self.in_time(async { cmd.query_async::<Value>(&mut c).await.map_err(map_err) })
+            .await
+            .map(|_| ())
     }
 
     /// Runs calls in one pipeline; where Redis has lost their code (a restart), loads it and
@@ -1032,18 +1037,15 @@ fn decode_receipt(fields: HashMap<String, Value>, cursor: String) -> Option<Rece
         .and_then(|b| rmp_serde::from_slice(&b).ok())
         .unwrap_or_default();
     let packed = g("r");
-    let parts: Vec<String> = if packed.is_empty() {
-        ["st", "ch", "at", "pid", "ec", "code", "att", "cost", "cur"]
+    let mut r = if packed.is_empty() {
+        let parts: Vec<String> = ["st", "ch", "at", "pid", "ec", "code", "att", "cost", "cur"]
             .iter()
             .map(|k| g(k))
-            .collect()
+            .collect();
+        receipt_of(&parts)?
     } else {
-        split_receipt(&packed)?
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        receipt_of(&split_receipt(&packed)?)?
     };
-    let mut r = receipt_of(&parts)?;
     r.notification_id = g("id");
     r.campaign_id = g("cmp");
     r.labels = labels;

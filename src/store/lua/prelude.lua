@@ -6,7 +6,7 @@
 --
 -- What a call reads and gathers lives in the locals below and is reset by `begin`: Redis
 -- runs one call at a time, and a call that failed half way leaves nothing to the next.
-local KEYS, ARGV, P, NOW, MAXR, KEEP, NOWS, RECEIPTS
+local ARGV, P, NOW, MAXR, KEEP, NOWS, RECEIPTS
 local TALLY, READY, CKEY, CXL, UNPACKED, ACKS
 local GROUP = 'herald'
 
@@ -309,7 +309,7 @@ end
 -- The start of every call: its keys and arguments, and empty per-call state. Field-name
 -- caches (SF, CF) do not depend on the call and are kept.
 local function begin(keys, args)
-  KEYS, ARGV = keys, args
+  ARGV = args
   P = keys[1]
   NOW = tonumber(args[1])
   NOWS = args[1]
