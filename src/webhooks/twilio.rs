@@ -188,10 +188,9 @@ async fn status(
         error_code: error_code.clone(),
         at: now_ms(),
     };
-    if let Err(e) = state.store.record_receipts(vec![receipt]).await {
-        return store_failed(e).into_response();
-    }
     // What the failure says about the number: dead (P), or the person opted out meanwhile.
+    // Recorded before the receipt, as dispatch does: once the notification shows FAILED, the
+    // number is already suppressed.
     let to = param(&params, "To");
     let change = match (status, error_class) {
         _ if error_code == "21610" => Some(ContactChange::OptOut),
@@ -203,6 +202,9 @@ async fn status(
         if let Err(e) = state.store.update_contacts(vec![(key, change)]).await {
             return store_failed(e).into_response();
         }
+    }
+    if let Err(e) = state.store.record_receipts(vec![receipt]).await {
+        return store_failed(e).into_response();
     }
     twiml()
 }

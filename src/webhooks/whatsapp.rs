@@ -202,17 +202,19 @@ async fn apply(s: &WebhookState, ev: Events) -> Result<(), crate::store::StoreEr
             at: st.at,
         });
     }
-    if !receipts.is_empty() {
-        // Out of order (read before delivered) is fine: the status machine only moves up.
-        s.store.record_receipts(receipts).await?;
-    }
     for (number, at) in ev.inbound {
         let key = ContactKey::new(Channel::Whatsapp, number);
         changes.push((key.clone(), ContactChange::Alive));
         changes.push((key, ContactChange::Inbound(at)));
     }
+    // Addresses before receipts, as dispatch does: once a notification shows FAILED, its dead
+    // number is already suppressed.
     if !changes.is_empty() {
         s.store.update_contacts(changes).await?;
+    }
+    if !receipts.is_empty() {
+        // Out of order (read before delivered) is fine: the status machine only moves up.
+        s.store.record_receipts(receipts).await?;
     }
     Ok(())
 }
