@@ -20,25 +20,27 @@ import redis
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "store", "lua")
 BODIES = ["enqueue", "claim", "finish", "promote", "receipt", "cancel"]
 B = 64
-# Parts of the prelude left out with --without: (text, replacement).
+# Parts of finish left out with --without: (file, text, replacement). finish's common case
+# (`sent` in finish.lua) makes its own record write, history and expiry; the receipt goes
+# through the prelude's add_receipt.
 VARIANTS = {
-    "receipt_xadd": [("  redis.call('XADD', RECEIPTS, 'MAXLEN', '~', MAXR, '*',",
-                      "  if false then redis.call('XADD', RECEIPTS, 'MAXLEN', '~', MAXR, '*',"),
-                     ("'cmp', r.cmp, 'lb', r.lb)\n", "'cmp', r.cmp, 'lb', r.lb) end\n")],
-    "pexpire": [("  redis.call('PEXPIRE', r.rk, KEEP)", "  --")],
-    "hset": [("  if #r.set > 0 then redis.call('HSET', r.rk, unpack(r.set)) end", "  --")],
-    "history": [("  if #r.hist > 0 then", "  if false then")],
+    "receipt_xadd": [("prelude", "  redis.call('XADD', RECEIPTS,", "  if false then redis.call('XADD', RECEIPTS,"),
+                     ("prelude", "'cmp', cmp, 'lb', lb)\n", "'cmp', cmp, 'lb', lb) end\n")],
+    "pexpire": [("finish", "  redis.call('PEXPIRE', rk, KEEP)", "  --")],
+    "hset": [("finish", "  if #set > 0 then redis.call('HSET', rk, unpack(set)) end", "  --")],
+    "history": [("finish", "    put_parts(set, 'h' .. txt(hn), 'a' .. att, history_part)", "    --"),
+                ("finish", "    put_parts(set, 'h' .. txt(hn), 'r' .. e, history_part)", "    --")],
 }
 
 
 def library(root, without):
-    pre = open(os.path.join(root, "prelude.lua")).read()
-    for old, new in VARIANTS.get(without, []):
-        assert pre.count(old) == 1, old
-        pre = pre.replace(old, new)
-    code = "#!lua name=herald_cost\n" + pre + "\n"
+    text = {n: open(os.path.join(root, n + ".lua")).read() for n in ["prelude"] + BODIES}
+    for f, old, new in VARIANTS.get(without, []):
+        assert text[f].count(old) == 1, old
+        text[f] = text[f].replace(old, new)
+    code = "#!lua name=herald_cost\n" + text["prelude"] + "\n"
     for n in BODIES:
-        body = open(os.path.join(root, n + ".lua")).read()
+        body = text[n]
         code += (f"local function {n}_body()\n{body}\nend\n"
                  f"redis.register_function('cost_{n}', function(keys, args) "
                  f"begin(keys, args) return done({n}_body()) end)\n")

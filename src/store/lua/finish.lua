@@ -61,10 +61,8 @@ local function sent(id, nst, att, pid, cost, cur)
     count(cmp, c, s, c, nst)
     set[#set + 1] = 's'
     set[#set + 1] = txt(nst)
-    local e = txt(nst) .. '\31' .. c .. '\31' .. NOWS .. '\31' .. pid .. '\31\31\31' .. txt(a) ..
-      '\31' .. (spent ~= 0 and cost or '0') .. '\31' .. cur
-    redis.call('XADD', RECEIPTS, 'MAXLEN', '~', MAXR, '*', 'id', id, 'r', e, 'cmp', cmp,
-      'lb', str(f[4]))
+    local e = receipt_text(nst, c, NOWS, pid, '', '', a, spent ~= 0 and cost or '0', cur)
+    add_receipt(id, e, cmp, str(f[4]))
     hn = hn + 1
     put_parts(set, 'h' .. txt(hn), 'r' .. e, history_part)
   end

@@ -231,16 +231,23 @@ local function move(r, nst, nch)
   r.s = nst
 end
 
--- A receipt of a loaded record: to the shard's receipt stream now, to its history at save.
--- Both hold it as one string, `st ch at pid ec code att cost cur` joined by \31: a stream
--- entry of four fields (id, r, cmp, lb) instead of twelve costs less to pass, to add and to
--- keep.
-local function receipt(r, st, at, pid, ec, code, att, cost, cur)
-  local e = txt(st) .. '\31' .. r.c .. '\31' .. txt(at) .. '\31' .. (pid or '') .. '\31' ..
+-- A receipt goes to the shard's receipt stream and to the notification's history, both as
+-- one string, `st ch at pid ec code att cost cur` joined by \31: a stream entry of four
+-- fields (id, r, cmp, lb) instead of twelve costs less to pass, to add and to keep.
+local function receipt_text(st, ch, at, pid, ec, code, att, cost, cur)
+  return txt(st) .. '\31' .. ch .. '\31' .. txt(at) .. '\31' .. (pid or '') .. '\31' ..
     (ec or '') .. '\31' .. (code or '') .. '\31' .. txt(att or 0) .. '\31' ..
     txt(cost or 0) .. '\31' .. (cur or '')
-  redis.call('XADD', RECEIPTS, 'MAXLEN', '~', MAXR, '*', 'id', r.id, 'r', e, 'cmp', r.cmp,
-    'lb', r.lb)
+end
+
+local function add_receipt(id, e, cmp, lb)
+  redis.call('XADD', RECEIPTS, 'MAXLEN', '~', MAXR, '*', 'id', id, 'r', e, 'cmp', cmp, 'lb', lb)
+end
+
+-- A receipt of a loaded record: to the stream now, to its history at save.
+local function receipt(r, st, at, pid, ec, code, att, cost, cur)
+  local e = receipt_text(st, r.c, at, pid, ec, code, att, cost, cur)
+  add_receipt(r.id, e, r.cmp, r.lb)
   r.hist[#r.hist + 1] = 'r' .. e
 end
 
