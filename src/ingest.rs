@@ -415,7 +415,7 @@ const ID_AND_TIME_OVERHEAD: usize = 10;
 /// A digest of a notification encoded without its id and creation time.
 fn fingerprint(asked: &[u8]) -> String {
     let digest = Sha256::digest(asked);
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    crate::model::hex(&digest[..16])
 }
 
 fn is_e164(s: &str) -> bool {

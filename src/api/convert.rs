@@ -30,10 +30,11 @@ pub fn channel_to_proto(c: Channel) -> i32 {
 }
 
 pub fn channel_from_proto(n: i32, field: &str) -> Result<Channel, FieldViolation> {
-    u8::try_from(n)
-        .ok()
-        .and_then(Channel::from_number)
-        .ok_or_else(|| FieldViolation::new(field, format!("unknown channel {n}")))
+    channel_of(n).ok_or_else(|| FieldViolation::new(field, format!("unknown channel {n}")))
+}
+
+fn channel_of(n: i32) -> Option<Channel> {
+    u8::try_from(n).ok().and_then(Channel::from_number)
 }
 
 pub fn status_to_proto(s: Status) -> i32 {
@@ -57,17 +58,18 @@ pub fn draft_from_proto(r: proto::SendRequest, prefix: &str) -> Result<Draft, In
     let f = |name: &str| format!("{prefix}{name}");
     let mut channels = Vec::with_capacity(r.channels.len());
     for (i, c) in r.channels.iter().enumerate() {
-        let field = f(&format!("channels[{i}]"));
+        // The field's name is made only for an error.
+        let field = || f(&format!("channels[{i}]"));
         if *c == 0 {
             v.push(FieldViolation::new(
-                field,
+                field(),
                 "CHANNEL_UNSPECIFIED is not a channel",
             ));
             continue;
         }
-        match channel_from_proto(*c, &field) {
-            Ok(ch) => channels.push(ch),
-            Err(e) => v.push(e),
+        match channel_of(*c) {
+            Some(ch) => channels.push(ch),
+            None => v.push(FieldViolation::new(field(), format!("unknown channel {c}"))),
         }
     }
     let category = match r.category {

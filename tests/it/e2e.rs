@@ -388,11 +388,14 @@ async fn bad_input_names_the_field_and_stores_nothing() {
     assert_eq!(stored(), (String::new(), 0), "nothing was stored");
 
     // One bad item in a batch fails alone, with its index in the field name.
+    // A field the proto conversion refuses is named the same way.
     let mut bad = webhook_request(&sink.url("/x"), "hi");
     bad.recipient = None;
+    let mut bad_channel = webhook_request(&sink.url("/x"), "hi");
+    bad_channel.channels = vec![99];
     let resp = c
         .send_batch(proto::SendBatchRequest {
-            items: vec![webhook_request(&sink.url("/x"), "ok"), bad],
+            items: vec![webhook_request(&sink.url("/x"), "ok"), bad, bad_channel],
         })
         .await
         .expect("batch")
@@ -404,6 +407,13 @@ async fn bad_input_names_the_field_and_stores_nothing() {
     match &resp.results[1].result {
         Some(proto::send_batch_result::Result::Error(e)) => {
             assert_eq!(e.field, "items[1].recipient");
+            assert_eq!(e.code, Code::InvalidArgument as i32);
+        }
+        other => panic!("expected an item error, got {other:?}"),
+    }
+    match &resp.results[2].result {
+        Some(proto::send_batch_result::Result::Error(e)) => {
+            assert_eq!(e.field, "items[2].channels[0]");
             assert_eq!(e.code, Code::InvalidArgument as i32);
         }
         other => panic!("expected an item error, got {other:?}"),
