@@ -9,6 +9,12 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use sha2::Sha256;
 
@@ -138,8 +144,46 @@ pub(crate) fn target(raw: &str) -> Option<reqwest::Url> {
     Some(url)
 }
 
+thread_local! {
+    /// The last webhook URL this thread sent to, as the request URI.
+    static LAST_URI: std::cell::RefCell<Option<(String, hyper::Uri)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `raw` as a request URI: parsed and normalized by `target` (IDNA hosts, default ports),
+/// `http` or `https` only; `None` for anything else.
+fn target_uri(raw: &str) -> Option<hyper::Uri> {
+    let known = LAST_URI.with(|last| match &*last.borrow() {
+        Some((s, u)) if s == raw => Some(u.clone()),
+        _ => None,
+    });
+    if known.is_some() {
+        return known;
+    }
+    let url = target(raw)?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    let uri: hyper::Uri = url.as_str().parse().ok()?;
+    LAST_URI.with(|last| *last.borrow_mut() = Some((raw.to_string(), uri.clone())));
+    Some(uri)
+}
+
+/// What of a receiver's answer is read (so that its connection goes back to the pool); the
+/// rest closes the connection.
+const ANSWER_LIMIT: usize = 64 * 1024;
+
+const AGENT: &str = concat!("herald/", env!("CARGO_PKG_VERSION"));
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Webhooks go out on hyper's client directly (TLS by rustls with the system's roots, HTTP/1.1
+/// or HTTP/2 by ALPN, keep-alive pool): a webhook is one signed POST, and nothing of reqwest's
+/// layers is needed. Redirects are not followed (a 3xx is the receiver's answer); the whole
+/// exchange, connecting included, has `timeout`.
 pub struct Webhook {
-    client: reqwest::Client,
+    client: Client<Https, Full<Bytes>>,
+    timeout: Duration,
     key: Vec<u8>,
 }
 
@@ -147,17 +191,51 @@ impl Webhook {
     /// `secret` in `whsec_` form.
     pub fn new(secret: &str, timeout: Duration) -> Result<Self, String> {
         let key = decode_secret(secret)?;
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
+        // The system's roots, as reqwest's `rustls-tls-native-roots` loads them: certificates
+        // that do not parse are skipped, and none at all only fails https sends.
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(super::MAX_IDLE_PER_HOST)
             .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("http client: {e}"))?;
-        Ok(Self { client, key })
+            .build(https);
+        Ok(Self {
+            client,
+            timeout,
+            key,
+        })
     }
+}
+
+/// An error and its causes, for a failure's detail.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 /// Classifies a receiver's answer.
@@ -207,39 +285,53 @@ impl Webhook {
                 detail: Detail::new("no_address", "recipient has no webhook_url"),
             };
         }
+        let Some(uri) = target_uri(url) else {
+            return Outcome::BadPayload {
+                detail: Detail::new("bad_url", format!("not an http(s) URL: {url}")),
+            };
+        };
         let now = model::now_ms() / 1000;
         let body = payload(n, attempt, now);
         let sig = sign(&self.key, &n.id, now, &body);
-        let req = match target(url) {
-            Some(u) => self.client.post(u),
-            // Not a URL: reqwest refuses it the same way, and the refusal is classified below.
-            None => self.client.post(url.as_str()),
-        };
-        let res = req
-            .header("content-type", "application/json")
+        let req = hyper::Request::post(uri)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(USER_AGENT, HeaderValue::from_static(AGENT))
             .header("webhook-id", &n.id)
-            .header("webhook-timestamp", now.to_string())
+            .header("webhook-timestamp", now)
             .header("webhook-signature", sig)
-            .body(body)
-            .send()
-            .await;
-        match res {
-            Ok(r) => {
-                let retry_after = r
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_retry_after);
-                classify(r.status().as_u16(), retry_after, n.id.clone())
+            .body(Full::new(Bytes::from(body)));
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::BadPayload {
+                    detail: Detail::new("bad_request", e.to_string()),
+                }
             }
-            Err(e) if e.is_builder() => Outcome::BadPayload {
-                detail: Detail::new("bad_url", e.to_string()),
+        };
+        let exchange = async {
+            let res = self.client.request(req).await?;
+            let status = res.status().as_u16();
+            let retry_after = res
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            // The answer is read so its connection can be used again; what it says does not
+            // change the outcome, so a failure to read it does not either.
+            let _ = Limited::new(res.into_body(), ANSWER_LIMIT).collect().await;
+            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok((status, retry_after))) => classify(status, retry_after, n.id.clone()),
+            Ok(Err(e)) => Outcome::Retry {
+                after: None,
+                detail: Detail::new("connect", chain(&e)),
             },
-            Err(e) => Outcome::Retry {
+            Err(_) => Outcome::Retry {
                 after: None,
                 detail: Detail::new(
-                    if e.is_timeout() { "timeout" } else { "connect" },
-                    e.to_string(),
+                    "timeout",
+                    format!("no answer within {} ms", self.timeout.as_millis()),
                 ),
             },
         }
@@ -249,6 +341,195 @@ impl Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::ConnectInfo;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::post;
+
+    /// What the test receiver saw: per request, its path, the peer (one per connection) and
+    /// its headers.
+    type Seen = Arc<Mutex<Vec<(String, SocketAddr, HeaderMap, Vec<u8>)>>>;
+
+    /// A receiver on a free loopback port: `/ok` answers 200 with a body, `/busy` 503 with
+    /// Retry-After 7, `/moved` a redirect to `/ok`, `/slow` after 3 s.
+    async fn receiver() -> (String, Seen) {
+        let seen: Seen = Arc::default();
+        let s = seen.clone();
+        let record = move |path: &'static str| {
+            let s = s.clone();
+            move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes| {
+                let s = s.clone();
+                async move {
+                    s.lock()
+                        .expect("lock")
+                        .push((path.to_string(), peer, headers, body.to_vec()));
+                }
+            }
+        };
+        let (ok, busy, moved, slow) = (
+            record("/ok"),
+            record("/busy"),
+            record("/moved"),
+            record("/slow"),
+        );
+        let app = axum::Router::new()
+            .route(
+                "/ok",
+                post(move |c, h, b| {
+                    let f = ok(c, h, b);
+                    async move {
+                        f.await;
+                        (StatusCode::OK, "received, thanks")
+                    }
+                }),
+            )
+            .route(
+                "/busy",
+                post(move |c, h, b| {
+                    let f = busy(c, h, b);
+                    async move {
+                        f.await;
+                        (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "7")], "")
+                    }
+                }),
+            )
+            .route(
+                "/moved",
+                post(move |c, h, b| {
+                    let f = moved(c, h, b);
+                    async move {
+                        f.await;
+                        (StatusCode::FOUND, [("location", "/ok")], "")
+                    }
+                }),
+            )
+            .route(
+                "/slow",
+                post(move |c, h, b| {
+                    let f = slow(c, h, b);
+                    async move {
+                        f.await;
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        StatusCode::OK
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn to(url: &str) -> Notification {
+        Notification {
+            id: model::make_id(3),
+            recipient: model::Recipient {
+                webhook_url: url.to_string(),
+                ..Default::default()
+            },
+            route: vec![model::Channel::Webhook],
+            content: model::Content {
+                body: "hello".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn posts_are_signed_kept_alive_and_their_answers_classified() {
+        let (base, seen) = receiver().await;
+        let secret = generate_secret();
+        let wh = Webhook::new(&secret, Duration::from_millis(500)).expect("client");
+
+        // Three posts in a row: signed, each answer read, one connection for all.
+        for _ in 0..3 {
+            let n = to(&format!("{base}/ok"));
+            assert!(
+                matches!(wh.post(&n, 1).await, Outcome::Sent { provider_id } if provider_id == n.id)
+            );
+        }
+        {
+            let seen = seen.lock().expect("lock");
+            assert_eq!(seen.len(), 3);
+            let peers: std::collections::HashSet<_> = seen.iter().map(|r| r.1).collect();
+            assert_eq!(peers.len(), 1, "the connection was used again");
+            let (_, _, headers, body) = &seen[2];
+            assert_eq!(headers["content-type"], "application/json");
+            assert!(headers["user-agent"]
+                .to_str()
+                .expect("ascii")
+                .starts_with("herald/"));
+            let verifier = standardwebhooks::Webhook::new(&secret).expect("secret");
+            verifier
+                .verify(body, headers)
+                .expect("the signature verifies");
+        }
+
+        // A 503 with Retry-After is retried after it.
+        match wh.post(&to(&format!("{base}/busy")), 1).await {
+            Outcome::Retry { after, detail } => {
+                assert_eq!(after, Some(Duration::from_secs(7)));
+                assert_eq!(detail.code, "http_503");
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+
+        // A redirect is the receiver's answer, not followed.
+        let before = seen.lock().expect("lock").len();
+        match wh.post(&to(&format!("{base}/moved")), 1).await {
+            Outcome::BadPayload { detail } => assert_eq!(detail.code, "http_302"),
+            other => panic!("expected the 302 as the answer, got {other:?}"),
+        }
+        let after: Vec<String> = seen.lock().expect("lock")[before..]
+            .iter()
+            .map(|r| r.0.clone())
+            .collect();
+        assert_eq!(after, vec!["/moved"]);
+
+        // No answer within the timeout.
+        match wh.post(&to(&format!("{base}/slow")), 1).await {
+            Outcome::Retry { detail, .. } => assert_eq!(detail.code, "timeout"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_and_malformed_targets_are_told_apart() {
+        let wh = Webhook::new(&generate_secret(), Duration::from_secs(2)).expect("client");
+        // A port nobody listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        match wh.post(&to(&format!("http://127.0.0.1:{port}/x")), 1).await {
+            Outcome::Retry { detail, .. } => {
+                assert_eq!(detail.code, "connect");
+                assert!(!detail.message.is_empty());
+            }
+            other => panic!("expected a connect failure, got {other:?}"),
+        }
+        for bad in ["ftp://127.0.0.1/x", "not a url"] {
+            match wh.post(&to(bad), 1).await {
+                Outcome::BadPayload { detail } => assert_eq!(detail.code, "bad_url", "{bad}"),
+                other => panic!("expected bad_url for {bad}, got {other:?}"),
+            }
+        }
+        match wh.post(&to(""), 1).await {
+            Outcome::DeadAddress { detail } => assert_eq!(detail.code, "no_address"),
+            other => panic!("expected no address, got {other:?}"),
+        }
+    }
 
     #[test]
     fn secrets_are_checked() {
