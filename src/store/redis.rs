@@ -1140,6 +1140,7 @@ impl Store for RedisStore {
             // Each distinct content of this call, encoded and hashed once; sent with its first
             // notification, named by the others.
             let mut contents: HashMap<Content, String> = HashMap::new();
+            let mut last: Option<(Content, String)> = None;
             let mut rows = Vec::with_capacity(items.len());
             for (i, item) in items {
                 let n = item.notification;
@@ -1175,13 +1176,22 @@ impl Store for RedisStore {
                 };
                 let (record, shared) = stored_record(n);
                 let (content_hash, content) = match shared {
+                    // A campaign's items share one content, so the previous item's is compared
+                    // first: hashing every item's content for the map was 4% of SendBatch's CPU.
+                    Some(content) if last.as_ref().is_some_and(|(c, _)| *c == content) => (
+                        last.as_ref().map(|l| l.1.clone()).unwrap_or_default(),
+                        Vec::new(),
+                    ),
                     Some(content) => match contents.get(&content) {
-                        Some(hash) => (hash.clone(), Vec::new()),
+                        Some(hash) => {
+                            last = Some((content, hash.clone()));
+                            (hash.clone(), Vec::new())
+                        }
                         None => {
-                            // Plain structs of strings and maps always serialize.
-                            let blob = rmp_serde::to_vec(&content).unwrap_or_default();
+                            let blob = crate::model::msgpack(&content);
                             let hash = content_hash(&blob);
-                            contents.insert(content, hash.clone());
+                            contents.insert(content.clone(), hash.clone());
+                            last = Some((content, hash.clone()));
                             (hash, blob)
                         }
                     },

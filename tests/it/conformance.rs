@@ -643,6 +643,55 @@ pub async fn campaign_notifications_read_back_whole(s: Subject) {
     assert_eq!(claimed, written);
 }
 
+pub async fn a_batch_of_interleaved_contents_reads_back_whole(s: Subject) {
+    let st = &*s.store;
+    // One call, one shard, two contents taking turns (and a third, then the first again):
+    // each notification keeps its own.
+    let bodies = [
+        "Spring sale",
+        "Last day",
+        "Spring sale",
+        "Last day",
+        "Encore",
+        "Spring sale",
+    ];
+    let mut written = Vec::new();
+    let mut items = Vec::new();
+    for body in bodies {
+        let mut n = note(st, vec![Channel::Webhook]);
+        n.id = herald::model::make_id(0);
+        n.campaign_id = "spring".into();
+        n.content.body = body.into();
+        written.push(n.clone());
+        items.push(new(n));
+    }
+    let r = st.enqueue(items).await.expect("enqueue");
+    assert_eq!(r.len(), written.len());
+    for (n, e) in written.iter_mut().zip(&r) {
+        match e {
+            // A store may give a campaign notification another id (packed records).
+            Enqueued::Created { id, .. } => n.id = id.clone(),
+            other => panic!("not created: {other:?}"),
+        }
+    }
+    for n in &written {
+        let view = st.get(&n.id).await.expect("get").expect("found");
+        assert_eq!(view.notification.content, n.content, "{}", n.id);
+    }
+    let mut claimed: Vec<(String, String)> = claim_all(st, Channel::Webhook, "w")
+        .await
+        .into_iter()
+        .map(|(_, c)| (c.notification.id, c.notification.content.body))
+        .collect();
+    claimed.sort();
+    let mut want: Vec<(String, String)> = written
+        .iter()
+        .map(|n| (n.id.clone(), n.content.body.clone()))
+        .collect();
+    want.sort();
+    assert_eq!(claimed, want);
+}
+
 pub async fn priority_lanes(s: Subject) {
     let st = &*s.store;
     let shard = 0;
@@ -893,6 +942,7 @@ both!(
     receipt_cursor_resumes_exactly,
     campaign_counts,
     campaign_notifications_read_back_whole,
+    a_batch_of_interleaved_contents_reads_back_whole,
     priority_lanes,
     contact_state,
     watermark_index,
