@@ -121,52 +121,50 @@ fn httpdate_rfc3339(secs: i64) -> String {
     )
 }
 
+/// A webhook URL as written, parsed (IDNA hosts, default ports) and, for `http` and `https`,
+/// as the request URI the channel sends to.
+struct Target {
+    raw: String,
+    url: reqwest::Url,
+    uri: Option<hyper::Uri>,
+}
+
 thread_local! {
     /// The last webhook URL this thread parsed. A batch or a campaign names the same URL over
     /// and over; parsing each (with IDNA) was a tenth of SendBatch's CPU at ingest and about 1%
     /// of e2e's at send.
-    static LAST_TARGET: std::cell::RefCell<Option<(String, reqwest::Url)>> =
+    static LAST_TARGET: std::cell::RefCell<Option<Target>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// `raw` parsed, from the thread's last one when it is the same string. Ingest checks webhook
-/// URLs with it and the channel posts to what it gives.
+/// `pick` of `raw` parsed, from the thread's last one when it is the same string; `None` when
+/// `raw` is not a URL.
+fn remembered<T>(raw: &str, pick: impl Fn(&Target) -> T) -> Option<T> {
+    LAST_TARGET.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.as_ref().is_none_or(|t| t.raw != raw) {
+            let url = reqwest::Url::parse(raw).ok()?;
+            let uri = matches!(url.scheme(), "http" | "https")
+                .then(|| url.as_str().parse().ok())
+                .flatten();
+            *last = Some(Target {
+                raw: raw.to_string(),
+                url,
+                uri,
+            });
+        }
+        last.as_ref().map(pick)
+    })
+}
+
+/// `raw` parsed. Ingest checks webhook URLs with it.
 pub(crate) fn target(raw: &str) -> Option<reqwest::Url> {
-    let known = LAST_TARGET.with(|last| match &*last.borrow() {
-        Some((s, u)) if s == raw => Some(u.clone()),
-        _ => None,
-    });
-    if known.is_some() {
-        return known;
-    }
-    let url = reqwest::Url::parse(raw).ok()?;
-    LAST_TARGET.with(|last| *last.borrow_mut() = Some((raw.to_string(), url.clone())));
-    Some(url)
+    remembered(raw, |t| t.url.clone())
 }
 
-thread_local! {
-    /// The last webhook URL this thread sent to, as the request URI.
-    static LAST_URI: std::cell::RefCell<Option<(String, hyper::Uri)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// `raw` as a request URI: parsed and normalized by `target` (IDNA hosts, default ports),
-/// `http` or `https` only; `None` for anything else.
+/// `raw` as the request URI the channel sends to: `http` or `https` only.
 fn target_uri(raw: &str) -> Option<hyper::Uri> {
-    let known = LAST_URI.with(|last| match &*last.borrow() {
-        Some((s, u)) if s == raw => Some(u.clone()),
-        _ => None,
-    });
-    if known.is_some() {
-        return known;
-    }
-    let url = target(raw)?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return None;
-    }
-    let uri: hyper::Uri = url.as_str().parse().ok()?;
-    LAST_URI.with(|last| *last.borrow_mut() = Some((raw.to_string(), uri.clone())));
-    Some(uri)
+    remembered(raw, |t| t.uri.clone()).flatten()
 }
 
 /// What of a receiver's answer is read (so that its connection goes back to the pool); the
@@ -344,8 +342,9 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::{Arc, Mutex};
 
-    use axum::extract::ConnectInfo;
+    use axum::extract::{ConnectInfo, State};
     use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
     use axum::routing::post;
 
     /// What the test receiver saw: per request, its path, the peer (one per connection) and
@@ -355,67 +354,34 @@ mod tests {
     /// A receiver on a free loopback port: `/ok` answers 200 with a body, `/busy` 503 with
     /// Retry-After 7, `/moved` a redirect to `/ok`, `/slow` after 3 s.
     async fn receiver() -> (String, Seen) {
-        let seen: Seen = Arc::default();
-        let s = seen.clone();
-        let record = move |path: &'static str| {
-            let s = s.clone();
-            move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes| {
-                let s = s.clone();
-                async move {
-                    s.lock()
-                        .expect("lock")
-                        .push((path.to_string(), peer, headers, body.to_vec()));
+        async fn answer(
+            State(seen): State<Seen>,
+            ConnectInfo(peer): ConnectInfo<SocketAddr>,
+            uri: axum::http::Uri,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> Response {
+            let path = uri.path().to_string();
+            seen.lock()
+                .expect("lock")
+                .push((path.clone(), peer, headers, body.to_vec()));
+            match path.as_str() {
+                "/ok" => (StatusCode::OK, "received, thanks").into_response(),
+                "/busy" => {
+                    (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "7")]).into_response()
                 }
+                "/moved" => (StatusCode::FOUND, [("location", "/ok")]).into_response(),
+                "/slow" => {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    StatusCode::OK.into_response()
+                }
+                _ => StatusCode::NOT_FOUND.into_response(),
             }
-        };
-        let (ok, busy, moved, slow) = (
-            record("/ok"),
-            record("/busy"),
-            record("/moved"),
-            record("/slow"),
-        );
+        }
+        let seen: Seen = Arc::default();
         let app = axum::Router::new()
-            .route(
-                "/ok",
-                post(move |c, h, b| {
-                    let f = ok(c, h, b);
-                    async move {
-                        f.await;
-                        (StatusCode::OK, "received, thanks")
-                    }
-                }),
-            )
-            .route(
-                "/busy",
-                post(move |c, h, b| {
-                    let f = busy(c, h, b);
-                    async move {
-                        f.await;
-                        (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "7")], "")
-                    }
-                }),
-            )
-            .route(
-                "/moved",
-                post(move |c, h, b| {
-                    let f = moved(c, h, b);
-                    async move {
-                        f.await;
-                        (StatusCode::FOUND, [("location", "/ok")], "")
-                    }
-                }),
-            )
-            .route(
-                "/slow",
-                post(move |c, h, b| {
-                    let f = slow(c, h, b);
-                    async move {
-                        f.await;
-                        tokio::time::sleep(Duration::from_secs(3)).await;
-                        StatusCode::OK
-                    }
-                }),
-            );
+            .fallback(post(answer))
+            .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

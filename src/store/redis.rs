@@ -1176,26 +1176,25 @@ impl Store for RedisStore {
                 };
                 let (record, shared) = stored_record(n);
                 let (content_hash, content) = match shared {
+                    None => (String::new(), Vec::new()),
                     // A campaign's items share one content, so the previous item's is compared
                     // first: hashing every item's content for the map was 4% of SendBatch's CPU.
-                    Some(content) if last.as_ref().is_some_and(|(c, _)| *c == content) => (
-                        last.as_ref().map(|l| l.1.clone()).unwrap_or_default(),
-                        Vec::new(),
-                    ),
-                    Some(content) => match contents.get(&content) {
-                        Some(hash) => {
-                            last = Some((content, hash.clone()));
-                            (hash.clone(), Vec::new())
-                        }
-                        None => {
-                            let blob = crate::model::msgpack(&content);
-                            let hash = content_hash(&blob);
-                            contents.insert(content.clone(), hash.clone());
+                    Some(content) => match &last {
+                        Some((c, hash)) if *c == content => (hash.clone(), Vec::new()),
+                        _ => {
+                            let (hash, blob) = match contents.get(&content) {
+                                Some(hash) => (hash.clone(), Vec::new()),
+                                None => {
+                                    let blob = crate::model::msgpack(&content);
+                                    let hash = content_hash(&blob);
+                                    contents.insert(content.clone(), hash.clone());
+                                    (hash, blob)
+                                }
+                            };
                             last = Some((content, hash.clone()));
                             (hash, blob)
                         }
                     },
-                    None => (String::new(), Vec::new()),
                 };
                 rows.push(EnqueueRow {
                     record,
