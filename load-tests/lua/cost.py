@@ -58,27 +58,76 @@ def main():
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--without", choices=sorted(VARIANTS), default=None)
     ap.add_argument("--lua", default=ROOT, help="the Lua to load (default: src/store/lua)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="run redis-server under valgrind's callgrind and print the instructions "
+                         "each phase executes per notification: exact and repeatable on a noisy "
+                         "machine, where the microseconds are not (slow: use --rounds 50)")
     a = ap.parse_args()
     port = free_port()
     d = tempfile.mkdtemp()
-    srv = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                            "--save", "", "--appendonly", "no", "--dir", d],
-                           stdout=subprocess.DEVNULL)
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+           "--save", "", "--appendonly", "no", "--dir", d]
+    if a.instructions:
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + os.path.join(d, "cg.%p"),
+               "--dump-line=no", "--compress-strings=no"] + cmd
+    srv = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         r = redis.Redis(port=port)
-        for _ in range(100):
+        for _ in range(600):
             try:
                 r.ping()
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
-        run(r, a.rounds, library(a.lua, a.without), a.without != "receipt_xadd")
+        meter = Instructions(srv.pid, d) if a.instructions else Microseconds(r)
+        run(r, a.rounds, library(a.lua, a.without), a.without != "receipt_xadd", meter)
     finally:
         srv.terminate()
         srv.wait()
 
 
-def run(r, n_rounds, code, check):
+class Microseconds:
+    """Redis's own time in FCALL (`INFO commandstats`)."""
+    unit = "us"
+
+    def __init__(self, r):
+        self.r = r
+
+    def start(self):
+        self.r.config_resetstat()
+
+    def stop(self):
+        return self.r.info("commandstats").get("cmdstat_fcall", {"usec": 0})["usec"]
+
+
+class Instructions:
+    """Instructions redis-server executed (callgrind's Ir), counted between two dumps."""
+    unit = "instructions"
+
+    def __init__(self, pid, d):
+        self.pid, self.d, self.n = pid, d, 0
+
+    def dump(self):
+        subprocess.run(["callgrind_control", "-d", str(self.pid)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.n += 1
+        path = os.path.join(self.d, f"cg.{self.pid}.{self.n}")
+        for _ in range(200):
+            if os.path.exists(path):
+                for line in open(path):
+                    if line.startswith("totals:") or line.startswith("summary:"):
+                        return int(line.split()[1])
+            time.sleep(0.05)
+        sys.exit(f"no callgrind dump at {path}")
+
+    def start(self):
+        self.dump()
+
+    def stop(self):
+        return self.dump()
+
+
+def run(r, n_rounds, code, check, meter):
     r.function_load(code, replace=True)
     key = "herald:{0}:"
     common = [1796202324337, 1000000, 604800000]
@@ -113,10 +162,9 @@ def run(r, n_rounds, code, check):
             r.fcall("cost_finish", 1, key, *args)
 
     for name, f in [("enqueue", enqueue), ("claim", claim), ("finish", finish)]:
-        r.config_resetstat()
+        meter.start()
         f()
-        s = r.info("commandstats").get("cmdstat_fcall", {"usec": 0})
-        print(f"{name}: {s['usec'] / (n_rounds * B):.1f} us of Redis per notification")
+        print(f"{name}: {meter.stop() / (n_rounds * B):.1f} {meter.unit} of Redis per notification")
     done = r.xlen(key + "receipts")
     if check and done != n_rounds * B:
         sys.exit(f"only {done} of {n_rounds * B} notifications finished")
