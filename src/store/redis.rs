@@ -27,7 +27,7 @@ const PRELUDE: &str = include_str!("lua/prelude.lua");
 /// The queue's Lua: one Redis function library, `herald_<hash>`, made of the prelude (helpers,
 /// loaded once) and one function per body, `herald_<body>_<hash>`. Each call runs `begin`, its
 /// body, then `done`: the campaign counters it moved written once per campaign and field, the
-/// ready-stream entries it acknowledged (one XACK and one XDEL per stream), the packed records
+/// ready-stream entries it acknowledged (one XACK and one trim per stream), the packed records
 /// it unpacked (one HDEL per bucket).
 ///
 /// A function library rather than EVALSHA scripts: a script runs its prelude on every call
@@ -41,13 +41,14 @@ struct Library {
 }
 
 impl Library {
-    const BODIES: [(&'static str, &'static str); 6] = [
+    const BODIES: [(&'static str, &'static str); 7] = [
         ("enqueue", include_str!("lua/enqueue.lua")),
         ("claim", include_str!("lua/claim.lua")),
         ("finish", include_str!("lua/finish.lua")),
         ("promote", include_str!("lua/promote.lua")),
         ("receipt", include_str!("lua/receipt.lua")),
         ("cancel", include_str!("lua/cancel.lua")),
+        ("depth", include_str!("lua/depth.lua")),
     ];
 
     fn new() -> Self {
@@ -180,6 +181,7 @@ struct Scripts {
     promote: Code,
     receipt: Code,
     cancel: Code,
+    depth: Code,
 }
 
 impl Scripts {
@@ -195,6 +197,7 @@ impl Scripts {
             promote: library.function("promote"),
             receipt: library.function("receipt"),
             cancel: library.function("cancel"),
+            depth: library.function("depth"),
             library,
         }
     }
@@ -1943,27 +1946,32 @@ impl Store for RedisStore {
     }
 
     async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
-        let mut p = redis::pipe();
-        let mut lanes = Vec::new();
+        // Per shard, the `depth` function (unread plus pending per lane: acknowledged entries
+        // stay until a stream's head is trimmed) and the delayed set's size.
+        let mut calls = Vec::with_capacity(usize::from(self.shards));
         for s in 0..self.shards {
-            for c in Channel::ALL {
-                for pr in Priority::ALL {
-                    p.cmd("XLEN")
-                        .arg(format!("{}ready:{}:{}", prefix(s), c.name(), pr.number()));
-                    lanes.push((*c, *pr));
-                }
-            }
+            let mut args = self.common_args(0);
+            args.extend(Channel::ALL.iter().map(|c| arg(c.name())));
+            calls.push((&self.scripts.depth, prefix(s).into_bytes(), args));
+        }
+        let per_shard = self.run(calls).await?;
+        let mut p = redis::pipe();
+        for s in 0..self.shards {
             p.cmd("ZCARD").arg(format!("{}delayed", prefix(s)));
         }
+        let delayed = self.query(&p).await?;
         let mut d = QueueDepth::default();
-        let mut it = self.query(&p).await?.into_iter();
-        let per_shard = lanes.len() / usize::from(self.shards.max(1));
-        for s in 0..usize::from(self.shards) {
-            for lane in &lanes[s * per_shard..(s + 1) * per_shard] {
-                let n: u64 = it.next().map(parse).transpose()?.unwrap_or(0);
-                *d.ready.entry(*lane).or_default() += n;
+        for v in per_shard {
+            let counts: Vec<u64> = parse(v)?;
+            let lanes = Channel::ALL.iter().flat_map(|c| {
+                (1..=3).filter_map(move |n| Priority::from_number(n).map(|pr| (*c, pr)))
+            });
+            for (lane, n) in lanes.zip(counts) {
+                *d.ready.entry(lane).or_default() += n;
             }
-            d.delayed += it.next().map(parse::<u64>).transpose()?.unwrap_or(0);
+        }
+        for v in delayed {
+            d.delayed += parse::<u64>(v)?;
         }
         Ok(d)
     }
@@ -2100,7 +2108,8 @@ impl Store for RedisStore {
                 .arg("cn")
                 .arg("cmp")
                 .arg("lb")
-                .arg(&RECORD_PARTS[..]);
+                .arg(&RECORD_PARTS[..])
+                .arg("s");
         }
         type Row = (
             Option<Vec<u8>>,
@@ -2111,7 +2120,16 @@ impl Store for RedisStore {
             Option<Vec<u8>>,
             Option<Vec<u8>>,
             Option<Vec<u8>>,
+            Option<String>,
         );
+        // A lane's head may still hold entries already acknowledged (a stream is trimmed by
+        // whole nodes), its pending entries are being sent, and a canceled notification stays
+        // there until a worker meets it: only what is accepted, scheduled, queued or retrying
+        // waits.
+        let waits = |s: Option<&str>| {
+            s.and_then(|s| s.parse::<u8>().ok())
+                .is_some_and(|n| matches!(n, 1 | 2 | 3 | 5))
+        };
         let replies = self.query(&p).await?;
         // Records not in keys of their own may be packed: one more round trip for those.
         let mut missing = Vec::new();
@@ -2125,13 +2143,19 @@ impl Store for RedisStore {
         }
         let mut packed = self.packed(&missing).await?.into_iter();
         let mut rows = Vec::with_capacity(ids.len());
-        for ((blob, ri, cn, cmp, lb, d1, d2, d3), (s, id)) in found.into_iter().zip(&ids) {
+        for ((blob, ri, cn, cmp, lb, d1, d2, d3, st), (s, id)) in found.into_iter().zip(&ids) {
             if let Some(blob) = blob {
+                if !waits(st.as_deref()) {
+                    continue;
+                }
                 let blob = join_parts(blob, [d1, d2, d3]);
                 let cn = cn.unwrap_or_default();
                 rows.push((*s, id, blob, ri, cn, cmp.unwrap_or_default(), lb));
             } else if let Some(rec) = packed.next().flatten() {
                 let field = |k: &str| rec.get(k).map(text).unwrap_or_default();
+                if !waits(Some(&field("s"))) {
+                    continue;
+                }
                 let blob = rec.get("d").map(bytes).unwrap_or_default();
                 let lb = rec.get("lb").map(bytes);
                 rows.push((*s, id, blob, None, field("cn"), field("cmp"), lb));

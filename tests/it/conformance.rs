@@ -928,7 +928,87 @@ macro_rules! both {
     };
 }
 
+/// What the queue depth counts in the ready lanes.
+async fn in_lanes(st: &dyn Store) -> u64 {
+    let d = st.queue_depth().await.expect("depth");
+    d.ready.values().sum()
+}
+
+/// The queue depth counts what waits in a lane and what is being sent from it, not what is
+/// done; what a policy dry run sees waiting is only what no platform has been handed yet.
+pub async fn depth_counts_waiting_and_sending(s: Subject) {
+    let st = &*s.store;
+    let batch: Vec<NewNotification> = (0..250)
+        .map(|_| {
+            let mut n = note(st, vec![Channel::Webhook]);
+            n.id = make_id(0);
+            new(n)
+        })
+        .collect();
+    let made = st.enqueue(batch).await.expect("enqueue");
+    assert!(made.iter().all(|e| matches!(e, Enqueued::Created { .. })));
+    assert_eq!(in_lanes(st).await, 250);
+    let got = st
+        .claim(
+            Channel::Webhook,
+            0,
+            "w",
+            150,
+            Priority::Bulk,
+            None,
+            now_ms(),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(got.len(), 150);
+    let finished: Vec<Completion> = got[..100]
+        .iter()
+        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
+        .collect();
+    let applied = st
+        .finish(Channel::Webhook, 0, "w", finished, now_ms())
+        .await
+        .expect("finish");
+    assert_eq!(applied, 100);
+    // 50 being sent, 100 not read yet.
+    assert_eq!(in_lanes(st).await, 150);
+    let waiting = st.waiting(10_000).await.expect("waiting");
+    assert_eq!(waiting.len(), 100, "only the unread wait");
+    let claimed: std::collections::HashSet<&str> =
+        got.iter().map(|c| c.notification.id.as_str()).collect();
+    assert!(waiting
+        .iter()
+        .all(|(n, _)| !claimed.contains(n.id.as_str())));
+    // The rest is claimed and everything finished: nothing waits, nothing is counted.
+    let rest = st
+        .claim(
+            Channel::Webhook,
+            0,
+            "w",
+            150,
+            Priority::Bulk,
+            None,
+            now_ms(),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(rest.len(), 100);
+    let finished: Vec<Completion> = got[100..]
+        .iter()
+        .chain(&rest)
+        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
+        .collect();
+    let applied = st
+        .finish(Channel::Webhook, 0, "w", finished, now_ms())
+        .await
+        .expect("finish");
+    assert_eq!(applied, 150);
+    assert_eq!(in_lanes(st).await, 0);
+    assert!(st.waiting(10_000).await.expect("waiting").is_empty());
+}
+
 both!(
+    depth_counts_waiting_and_sending,
     claim_send_finish,
     idempotency,
     scheduling_and_promotion,
@@ -1234,6 +1314,78 @@ async fn redis_usage_reads_go_around_the_work_gate() {
         .await
         .expect("room freed is taken")
         .expect("ping");
+}
+
+/// Redis only: acknowledged entries leave a ready stream by trimming its head (whole nodes),
+/// never the unread or pending ones, and a stream with nothing unread or pending is emptied.
+#[tokio::test]
+async fn redis_acknowledged_entries_are_trimmed() {
+    let s = redis_with(1).await;
+    let st = &*s.store;
+    let server = s.redis.as_ref().expect("redis");
+    let stream = "herald:{0}:ready:webhook:2";
+    let batch: Vec<NewNotification> = (0..250)
+        .map(|_| new(note(st, vec![Channel::Webhook])))
+        .collect();
+    st.enqueue(batch).await.expect("enqueue");
+    let xlen = || -> u64 { server.cmd(&["XLEN", stream]).parse().expect("xlen") };
+    assert_eq!(xlen(), 250);
+    let got = st
+        .claim(
+            Channel::Webhook,
+            0,
+            "w",
+            150,
+            Priority::Bulk,
+            None,
+            now_ms(),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(got.len(), 150);
+    let first: Vec<Completion> = got[..100]
+        .iter()
+        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
+        .collect();
+    assert_eq!(
+        st.finish(Channel::Webhook, 0, "w", first, now_ms())
+            .await
+            .expect("finish"),
+        100
+    );
+    // The first node (up to 100 entries) held only acknowledged ones: gone. The 50 pending
+    // and the 100 unread are all still there.
+    let left = xlen();
+    assert!((150..250).contains(&left), "{left} entries left");
+    let pending = server.cmd(&["XPENDING", stream, "herald"]);
+    assert!(pending.starts_with("50\n"), "{pending}");
+    // Everything claimed and finished: the stream is empty.
+    let rest = st
+        .claim(
+            Channel::Webhook,
+            0,
+            "w",
+            150,
+            Priority::Bulk,
+            None,
+            now_ms(),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(rest.len(), 100);
+    let all: Vec<Completion> = got[100..]
+        .iter()
+        .chain(&rest)
+        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
+        .collect();
+    assert_eq!(
+        st.finish(Channel::Webhook, 0, "w", all, now_ms())
+            .await
+            .expect("finish"),
+        150
+    );
+    assert_eq!(xlen(), 0);
+    assert_eq!(in_lanes(st).await, 0);
 }
 
 /// Redis only: a notification's history (attempts, receipts) lives in its record, in 64-byte
