@@ -106,10 +106,9 @@ for pr = 1, last do
       end
     else
       local rk = P .. 'n:' .. id
-      local f = redis.call('HMGET', rk, 's', 'cmp', 'exp', 'd', 'ri', 'a', 'ca', 'cn', 'lb',
-        'd1', 'd2', 'd3', 'c')
+      local f = redis.call('HMGET', rk, 's', 'cmp', 'exp', 'd', 'a', 'cn', 'lb', 'd1', 'c', 'ri')
       local st = tonumber(f[1])
-      local cmp = str(f[2])
+      local cmp = f[2] or ''
       local exp = tonumber(f[3]) or 0
       if st ~= 3 and st ~= 4 and st ~= 5 then
         ack(key, eid)
@@ -120,14 +119,22 @@ for pr = 1, last do
         ack(key, eid)
         close(load(id), 11)
       else
+        local c = f[9] or ''
         if st ~= 4 then
           -- move() with the fields read above.
           redis.call('HSET', rk, 's', '4')
-          count(cmp, str(f[13]), st, str(f[13]), 4)
+          count(cmp, c, st, c, 4)
         end
-        local blob = f[4]
-        if f[10] then blob = blob .. f[10] .. str(f[11]) .. str(f[12]) end
-        out[#out + 1] = {pr, eid, blob, str(f[5]), str(f[6]), str(f[7]), str(f[8]), id, cmp, str(f[9])}
+        -- A field Redis does not find costs it a walk over the whole record: the channel's
+        -- attempts are there only after an attempt, blob parts d2 and d3 only after d1, so
+        -- they are asked for only then.
+        local blob, ca = f[4], ''
+        if f[5] then ca = redis.call('HGET', rk, 'ca') or '' end
+        if f[8] then
+          local more = redis.call('HMGET', rk, 'd2', 'd3')
+          blob = blob .. f[8] .. (more[1] or '') .. (more[2] or '')
+        end
+        out[#out + 1] = {pr, eid, blob, f[10] or '', f[5] or '', ca, f[6] or '', id, cmp, f[7] or ''}
       end
     end
   end

@@ -38,13 +38,14 @@ local function sent(id, nst, att, pid, cost, cur)
   local a = tonumber(f[5]) or 0
   local hn = tonumber(f[7]) or 0
   if not s or (hn == 0 and a > 0) then return false end
-  local c, cmp, h0 = str(f[2]), str(f[3]), hn
+  local c, cmp, h0 = (f[2] or ''), (f[3] or ''), hn
   local set = {}
   if att ~= '' then
     a = a + 1
-    set[1], set[2], set[3], set[4] = 'a', txt(a), 'ca', txt((tonumber(f[6]) or 0) + 1)
+    local ca = (tonumber(f[6]) or 0) + 1
+    set[1], set[2], set[3], set[4] = 'a', NUM[a] or txt(a), 'ca', NUM[ca] or txt(ca)
     hn = hn + 1
-    put_parts(set, 'h' .. txt(hn), 'a' .. att, history_part)
+    put_parts(set, history_field(hn), 'a' .. att, history_part)
   end
   if pid ~= '' then
     set[#set + 1] = 'pid'
@@ -60,15 +61,15 @@ local function sent(id, nst, att, pid, cost, cur)
   if may_move(s, nst) then
     count(cmp, c, s, c, nst)
     set[#set + 1] = 's'
-    set[#set + 1] = txt(nst)
+    set[#set + 1] = NUM[nst]
     local e = receipt_text(nst, c, NOWS, pid, '', '', a, spent ~= 0 and cost or '0', cur)
-    add_receipt(id, e, cmp, str(f[4]))
+    add_receipt(id, e, cmp, (f[4] or ''))
     hn = hn + 1
-    put_parts(set, 'h' .. txt(hn), 'r' .. e, history_part)
+    put_parts(set, history_field(hn), 'r' .. e, history_part)
   end
   if hn ~= h0 then
     set[#set + 1] = 'hn'
-    set[#set + 1] = txt(hn)
+    set[#set + 1] = NUM[hn] or txt(hn)
   end
   if #set > 0 then redis.call('HSET', rk, unpack(set)) end
   redis.call('PEXPIRE', rk, KEEP)

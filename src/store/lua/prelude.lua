@@ -7,7 +7,7 @@
 -- What a call reads and gathers lives in the locals below and is reset by `begin`: Redis
 -- runs one call at a time, and a call that failed half way leaves nothing to the next.
 local ARGV, P, NOW, MAXR, KEEP, NOWS, RECEIPTS
-local TALLY, READY, CKEY, CXL, UNPACKED, ACKS
+local TALLY, READY, CXL, UNPACKED, ACKS
 local GROUP = 'herald'
 
 -- Status numbers match model::Status. Rank: a receipt only moves a notification up.
@@ -17,11 +17,6 @@ local function may_move(cur, nxt)
   if cur == 11 or cur == 12 or cur == 13 then return false end
   if cur == 10 then return nxt == 7 or nxt == 8 or nxt == 9 end
   return RANK[nxt] > RANK[cur]
-end
-
-local function str(v)
-  if v == false or v == nil then return '' end
-  return v
 end
 
 -- Numbers go to Redis as text made without Lua's floating-point formatting (%.14g: a tenth
@@ -46,17 +41,6 @@ local function sub(t, k)
   return v
 end
 
--- cache[a][b], made by make(a, b) on first use: names built once per script, not per item.
-local function cached(cache, a, b, make)
-  local by = sub(cache, a)
-  local v = by[b]
-  if not v then
-    v = make(a, b)
-    by[b] = v
-  end
-  return v
-end
-
 -- Calls f(from, to) over `list` in runs of at most 1,000: unpack() is bounded by Lua's stack.
 local function in_runs(list, f)
   for from = 1, #list, 1000 do
@@ -64,37 +48,65 @@ local function in_runs(list, f)
   end
 end
 
-local function bump(k, field, n)
-  local t = sub(TALLY, k)
-  t[field] = (t[field] or 0) + n
+-- Ready stream keys by channel and priority, made once per call.
+local function ready(ch, pr)
+  local by = READY[ch]
+  if not by then
+    by = {}
+    READY[ch] = by
+  end
+  local k = by[pr]
+  if not k then
+    k = P .. 'ready:' .. ch .. ':' .. pr
+    by[pr] = k
+  end
+  return k
 end
 
--- Ready stream keys by channel and priority.
-local function ready_key(ch, pr) return P .. 'ready:' .. ch .. ':' .. pr end
-local function ready(ch, pr) return cached(READY, ch, pr, ready_key) end
-
--- Campaign counter keys and fields (a batch counts the same few many times).
-local SF, CF = {}, {}
-local function camp_key(_, cmp) return P .. 'camp:' .. cmp end
-local function sfield_name(_, st) return 's' .. txt(st) end
-local function cfield_name(ch, st) return 'c' .. ch .. ':' .. txt(st) end
-local function sfield(st) return cached(SF, '', st, sfield_name) end
-local function cfield(ch, st) return cached(CF, ch, st, cfield_name) end
+-- Campaign counter fields, `s<status>` and `c<channel>:<status>`: made once, as they do not
+-- depend on the call.
+local SF = {}
+for st = 0, 16 do SF[st] = 's' .. NUM[st] end
+local CF = {}
+local function cfields(ch)
+  local t = CF[ch]
+  if not t then
+    t = {}
+    for st = 0, 16 do t[st] = 'c' .. ch .. ':' .. NUM[st] end
+    CF[ch] = t
+  end
+  return t
+end
 
 -- Counts `n` (default 1) notifications of campaign `cmp` moving from status `ost` on channel
--- `och` (nil: new) to `nst` on `nch`.
+-- `och` (nil: new) to `nst` on `nch`, in TALLY[cmp][field]. It reaches the tallies directly:
+-- a Lua function call costs hundreds of instructions, and counting through four layers of
+-- helpers was a tenth of finish's (cost.py --instructions).
 local function count(cmp, och, ost, nch, nst, n)
   n = n or 1
   if cmp == '' or n == 0 then return end
-  local k = cached(CKEY, '', cmp, camp_key)
-  if ost then
-    bump(k, sfield(ost), -n)
-    if och ~= '' then bump(k, cfield(och, ost), -n) end
-  else
-    bump(k, 'total', n)
+  local t = TALLY[cmp]
+  if not t then
+    t = {}
+    TALLY[cmp] = t
   end
-  bump(k, sfield(nst), n)
-  if nch ~= '' then bump(k, cfield(nch, nst), n) end
+  local f
+  if ost then
+    f = SF[ost]
+    t[f] = (t[f] or 0) - n
+    if och ~= '' then
+      f = cfields(och)[ost]
+      t[f] = (t[f] or 0) - n
+    end
+  else
+    t.total = (t.total or 0) + n
+  end
+  f = SF[nst]
+  t[f] = (t[f] or 0) + n
+  if nch ~= '' then
+    f = cfields(nch)[nst]
+    t[f] = (t[f] or 0) + n
+  end
 end
 
 -- Whether campaign `cmp` was canceled (asked once per script and campaign).
@@ -109,7 +121,8 @@ local function canceled(cmp)
 end
 
 local function flush_counts()
-  for k, t in pairs(TALLY) do
+  for cmp, t in pairs(TALLY) do
+    local k = P .. 'camp:' .. cmp
     for field, n in pairs(t) do
       if n ~= 0 then redis.call('HINCRBY', k, field, txt(n)) end
     end
@@ -120,12 +133,19 @@ end
 -- Redis keeps a hash compact only while every value is at most 64 bytes. Appends field `k` =
 -- `v` to the field list `f` in 64-byte parts: `k`, then name(k, 1), name(k, 2), ...
 local function put_parts(f, k, v, name)
-  f[#f + 1] = k
-  f[#f + 1] = string.sub(v, 1, 64)
+  local n = #f
+  f[n + 1] = k
+  if #v <= 64 then
+    f[n + 2] = v
+    return
+  end
+  f[n + 2] = string.sub(v, 1, 64)
+  n = n + 2
   local part, from = 1, 65
   while from <= #v do
-    f[#f + 1] = name(k, part)
-    f[#f + 1] = string.sub(v, from, from + 63)
+    f[n + 1] = name(k, part)
+    f[n + 2] = string.sub(v, from, from + 63)
+    n = n + 2
     part = part + 1
     from = from + 64
   end
@@ -160,7 +180,7 @@ end
 -- A loaded record (the shape `load` returns) from bucket header `h` (HEAD's values, in order)
 -- and packed value `v`; its fields are queued so that `save` writes them all to its own key.
 local function from_packed(id, bk, fld, h, v)
-  local c, p, cmp, cn, exp, lb = str(h[1]), str(h[2]), str(h[3]), str(h[4]), str(h[5]), str(h[6])
+  local c, p, cmp, cn, exp, lb = (h[1] or ''), (h[2] or ''), (h[3] or ''), (h[4] or ''), (h[5] or ''), (h[6] or '')
   local r = {id = id, rk = P .. 'n:' .. id, s = tonumber(string.sub(v, 1, 1)), c = c, cmp = cmp,
     lb = lb, a = 0, ca = 0, p = p, hn = 0, set = {'c', c, 'p', p}, hist = {}, legacy = false,
     bk = bk, fld = fld, blob = string.sub(v, 2), cn = cn, exp = exp}
@@ -214,8 +234,8 @@ local function load(id)
   end
   local a = tonumber(f[5]) or 0
   local hn = tonumber(f[8]) or 0
-  return {id = id, rk = rk, s = s, c = str(f[2]), cmp = str(f[3]), lb = str(f[4]),
-    a = a, ca = tonumber(f[6]) or 0, p = str(f[7]), hn = hn, set = {}, hist = {},
+  return {id = id, rk = rk, s = s, c = (f[2] or ''), cmp = (f[3] or ''), lb = (f[4] or ''),
+    a = a, ca = tonumber(f[6]) or 0, p = (f[7] or ''), hn = hn, set = {}, hist = {},
     -- Written before history moved into the record: it may have an `ev:` list (below).
     legacy = hn == 0 and a > 0}
 end
@@ -234,10 +254,11 @@ end
 -- A receipt goes to the shard's receipt stream and to the notification's history, both as
 -- one string, `st ch at pid ec code att cost cur` joined by \31: a stream entry of four
 -- fields (id, r, cmp, lb) instead of twelve costs less to pass, to add and to keep.
+-- `st` and `att` are numbers, `at` and `cost` text.
 local function receipt_text(st, ch, at, pid, ec, code, att, cost, cur)
-  return txt(st) .. '\31' .. ch .. '\31' .. txt(at) .. '\31' .. (pid or '') .. '\31' ..
-    (ec or '') .. '\31' .. (code or '') .. '\31' .. txt(att or 0) .. '\31' ..
-    txt(cost or 0) .. '\31' .. (cur or '')
+  return NUM[st] .. '\31' .. ch .. '\31' .. at .. '\31' .. (pid or '') .. '\31' ..
+    (ec or '') .. '\31' .. (code or '') .. '\31' .. (NUM[att or 0] or txt(att)) .. '\31' ..
+    (cost or '0') .. '\31' .. (cur or '')
 end
 
 local function add_receipt(id, e, cmp, lb)
@@ -255,13 +276,17 @@ end
 -- in 64-byte parts (h1, h1.1, h1.2, ...) so the hash stays in Redis's compact encoding: no
 -- list key of its own, so no RPUSH and no second PEXPIRE per notification.
 local function history_part(k, i) return k .. '.' .. txt(i) end
+-- History field names h1 ... h16, made once.
+local HIST = {}
+for i = 1, 16 do HIST[i] = 'h' .. NUM[i] end
+local function history_field(n) return HIST[n] or ('h' .. txt(n)) end
 
 local function save(r)
   if #r.hist > 0 then
     local n = r.hn
     for _, e in ipairs(r.hist) do
       n = n + 1
-      put_parts(r.set, 'h' .. txt(n), e, history_part)
+      put_parts(r.set, history_field(n), e, history_part)
     end
     put(r, 'hn', txt(n))
     r.hn = n
@@ -294,7 +319,11 @@ end
 -- Acknowledged ready-stream entries, per stream: one XACK per stream at the script's end
 -- (flush_acks), however many entries a batch finishes.
 local function ack(key, eid)
-  local t = sub(ACKS, key)
+  local t = ACKS[key]
+  if not t then
+    t = {}
+    ACKS[key] = t
+  end
   t[#t + 1] = eid
 end
 
@@ -359,7 +388,7 @@ local function begin(keys, args)
   MAXR = args[2]
   KEEP = args[3]
   RECEIPTS = P .. 'receipts'
-  TALLY, READY, CKEY, CXL, UNPACKED, ACKS = {}, {}, {}, {}, {}, {}
+  TALLY, READY, CXL, UNPACKED, ACKS = {}, {}, {}, {}, {}
 end
 
 -- The end of every call: the campaign counters it moved, one HINCRBY per campaign and field;
