@@ -19,7 +19,7 @@ import redis
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "store", "lua")
 BODIES = ["enqueue", "claim", "finish", "promote", "receipt", "cancel"]
-B = 64
+B = 64  # notifications per call (--batch)
 # Parts of finish left out with --without: (file, text, replacement). finish's common case
 # (`sent` in finish.lua) makes its own record write, history and expiry; the receipt goes
 # through the prelude's add_receipt.
@@ -54,15 +54,19 @@ def free_port():
 
 
 def main():
+    global B
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--without", choices=sorted(VARIANTS), default=None)
     ap.add_argument("--lua", default=ROOT, help="the Lua to load (default: src/store/lua)")
+    ap.add_argument("--batch", type=int, default=64,
+                    help="notifications per call (64, a dispatch batch; 1, a unary Send)")
     ap.add_argument("--instructions", action="store_true",
                     help="run redis-server under valgrind's callgrind and print the instructions "
                          "each phase executes per notification: exact and repeatable on a noisy "
                          "machine, where the microseconds are not (slow: use --rounds 50)")
     a = ap.parse_args()
+    B = a.batch
     port = free_port()
     d = tempfile.mkdtemp()
     cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1",

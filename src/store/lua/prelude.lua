@@ -357,8 +357,9 @@ local function trim(key)
   end
   local low = g.last
   if g.pending > 0 then
-    local p = redis.call('XPENDING', key, GROUP)
-    if p[2] then low = p[2] end
+    -- The oldest pending entry (the summary form would also walk every consumer).
+    local p = redis.call('XPENDING', key, GROUP, '-', '+', 1)
+    if p[1] then low = p[1][1] end
   end
   redis.call('XTRIM', key, 'MINID', '~', low)
 end
