@@ -134,7 +134,8 @@ for pr = 1, last do
           local more = redis.call('HMGET', rk, 'd2', 'd3')
           blob = blob .. f[8] .. (more[1] or '') .. (more[2] or '')
         end
-        out[#out + 1] = {pr, eid, blob, f[10] or '', f[5] or '', ca, f[6] or '', id, cmp, f[7] or ''}
+        out[#out + 1] = {pr, eid, blob, f[10] or '', f[5] or '', ca, f[6] or '', id, cmp,
+          f[7] or ''}
       end
     end
   end

@@ -38,7 +38,7 @@ local function sent(id, nst, att, pid, cost, cur)
   local a = tonumber(f[5]) or 0
   local hn = tonumber(f[7]) or 0
   if not s or (hn == 0 and a > 0) then return false end
-  local c, cmp, h0 = (f[2] or ''), (f[3] or ''), hn
+  local c, cmp, h0 = f[2] or '', f[3] or '', hn
   local set = {}
   if att ~= '' then
     a = a + 1
@@ -63,7 +63,7 @@ local function sent(id, nst, att, pid, cost, cur)
     set[#set + 1] = 's'
     set[#set + 1] = NUM[nst]
     local e = receipt_text(nst, c, NOWS, pid, '', '', a, spent ~= 0 and cost or '0', cur)
-    add_receipt(id, e, cmp, (f[4] or ''))
+    add_receipt(id, e, cmp, f[4] or '')
     hn = hn + 1
     put_parts(set, history_field(hn), 'r' .. e, history_part)
   end

@@ -29,8 +29,6 @@ local function txt(v)
   return NUM[v] or string.format('%d', v)
 end
 
--- Campaign counters: current status, and current status per channel. Summed in TALLY while
--- the script runs and written once per campaign and field by flush_counts at its end.
 -- t[k], a table made on first use.
 local function sub(t, k)
   local v = t[k]
@@ -63,8 +61,10 @@ local function ready(ch, pr)
   return k
 end
 
--- Campaign counter fields, `s<status>` and `c<channel>:<status>`: made once, as they do not
--- depend on the call.
+-- Campaign counters: current status, and current status per channel. Summed in TALLY while
+-- the script runs and written once per campaign and field by flush_counts at its end. Their
+-- fields, `s<status>` and `c<channel>:<status>`, are made once: they do not depend on the
+-- call.
 local SF = {}
 for st = 0, 16 do SF[st] = 's' .. NUM[st] end
 local CF = {}
@@ -180,7 +180,8 @@ end
 -- A loaded record (the shape `load` returns) from bucket header `h` (HEAD's values, in order)
 -- and packed value `v`; its fields are queued so that `save` writes them all to its own key.
 local function from_packed(id, bk, fld, h, v)
-  local c, p, cmp, cn, exp, lb = (h[1] or ''), (h[2] or ''), (h[3] or ''), (h[4] or ''), (h[5] or ''), (h[6] or '')
+  local c, p, cmp = h[1] or '', h[2] or '', h[3] or ''
+  local cn, exp, lb = h[4] or '', h[5] or '', h[6] or ''
   local r = {id = id, rk = P .. 'n:' .. id, s = tonumber(string.sub(v, 1, 1)), c = c, cmp = cmp,
     lb = lb, a = 0, ca = 0, p = p, hn = 0, set = {'c', c, 'p', p}, hist = {}, legacy = false,
     bk = bk, fld = fld, blob = string.sub(v, 2), cn = cn, exp = exp}
@@ -234,8 +235,8 @@ local function load(id)
   end
   local a = tonumber(f[5]) or 0
   local hn = tonumber(f[8]) or 0
-  return {id = id, rk = rk, s = s, c = (f[2] or ''), cmp = (f[3] or ''), lb = (f[4] or ''),
-    a = a, ca = tonumber(f[6]) or 0, p = (f[7] or ''), hn = hn, set = {}, hist = {},
+  return {id = id, rk = rk, s = s, c = f[2] or '', cmp = f[3] or '', lb = f[4] or '',
+    a = a, ca = tonumber(f[6]) or 0, p = f[7] or '', hn = hn, set = {}, hist = {},
     -- Written before history moved into the record: it may have an `ev:` list (below).
     legacy = hn == 0 and a > 0}
 end
