@@ -1388,6 +1388,60 @@ async fn redis_acknowledged_entries_are_trimmed() {
     assert_eq!(in_lanes(st).await, 0);
 }
 
+/// Redis only: streams written by a Herald that deleted each acknowledged entry (`XDEL`)
+/// have tombstones; the depth is still exact and the stream still ends empty.
+#[tokio::test]
+async fn redis_streams_with_deleted_entries_are_counted_and_trimmed() {
+    let s = redis_with(1).await;
+    let st = &*s.store;
+    let server = s.redis.as_ref().expect("redis");
+    let stream = "herald:{0}:ready:webhook:2";
+    let batch: Vec<NewNotification> = (0..10)
+        .map(|_| new(note(st, vec![Channel::Webhook])))
+        .collect();
+    st.enqueue(batch).await.expect("enqueue");
+    let got = st
+        .claim(Channel::Webhook, 0, "w", 6, Priority::Bulk, None, now_ms())
+        .await
+        .expect("claim");
+    assert_eq!(got.len(), 6);
+    // The older Herald acknowledged and deleted the first three.
+    let first: Vec<Completion> = got[..3]
+        .iter()
+        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
+        .collect();
+    assert_eq!(
+        st.finish(Channel::Webhook, 0, "w", first, now_ms())
+            .await
+            .expect("finish"),
+        3
+    );
+    for c in &got[..3] {
+        server.cmd(&["XDEL", stream, &c.entry.entry_id]);
+    }
+    // 3 being sent, 4 not read.
+    assert_eq!(in_lanes(st).await, 7);
+    let rest = st
+        .claim(Channel::Webhook, 0, "w", 10, Priority::Bulk, None, now_ms())
+        .await
+        .expect("claim");
+    assert_eq!(rest.len(), 4);
+    assert_eq!(in_lanes(st).await, 7);
+    let all: Vec<Completion> = got[3..]
+        .iter()
+        .chain(&rest)
+        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
+        .collect();
+    assert_eq!(
+        st.finish(Channel::Webhook, 0, "w", all, now_ms())
+            .await
+            .expect("finish"),
+        7
+    );
+    assert_eq!(in_lanes(st).await, 0);
+    assert_eq!(server.cmd(&["XLEN", stream]), "0");
+}
+
 /// Redis only: a notification's history (attempts, receipts) lives in its record, in 64-byte
 /// parts that keep the hash in Redis's compact encoding; a batch's entries leave the ready
 /// stream in one go; and a record written when history had a list of its own (`ev:`) reads
