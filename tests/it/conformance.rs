@@ -928,6 +928,37 @@ macro_rules! both {
     };
 }
 
+/// Queues `n` webhook notifications on shard 0, all created.
+async fn queue_on_shard0(st: &dyn Store, n: usize) {
+    let batch: Vec<NewNotification> = (0..n)
+        .map(|_| {
+            let mut x = note(st, vec![Channel::Webhook]);
+            x.id = make_id(0);
+            new(x)
+        })
+        .collect();
+    let made = st.enqueue(batch).await.expect("enqueue");
+    assert!(made.iter().all(|e| matches!(e, Enqueued::Created { .. })));
+}
+
+/// Claims up to `n` webhook entries of shard 0, every lane, as consumer "w".
+async fn claim_w(st: &dyn Store, n: usize) -> Vec<Claimed> {
+    st.claim(Channel::Webhook, 0, "w", n, Priority::Bulk, None, now_ms())
+        .await
+        .expect("claim")
+}
+
+/// Finishes webhook entries of shard 0 claimed by "w" as sent; how many applied.
+async fn finish_sent<'a>(st: &dyn Store, entries: impl IntoIterator<Item = &'a Claimed>) -> usize {
+    let batch: Vec<Completion> = entries
+        .into_iter()
+        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
+        .collect();
+    st.finish(Channel::Webhook, 0, "w", batch, now_ms())
+        .await
+        .expect("finish")
+}
+
 /// What the queue depth counts in the ready lanes.
 async fn in_lanes(st: &dyn Store) -> u64 {
     let d = st.queue_depth().await.expect("depth");
@@ -938,38 +969,11 @@ async fn in_lanes(st: &dyn Store) -> u64 {
 /// done; what a policy dry run sees waiting is only what no platform has been handed yet.
 pub async fn depth_counts_waiting_and_sending(s: Subject) {
     let st = &*s.store;
-    let batch: Vec<NewNotification> = (0..250)
-        .map(|_| {
-            let mut n = note(st, vec![Channel::Webhook]);
-            n.id = make_id(0);
-            new(n)
-        })
-        .collect();
-    let made = st.enqueue(batch).await.expect("enqueue");
-    assert!(made.iter().all(|e| matches!(e, Enqueued::Created { .. })));
+    queue_on_shard0(st, 250).await;
     assert_eq!(in_lanes(st).await, 250);
-    let got = st
-        .claim(
-            Channel::Webhook,
-            0,
-            "w",
-            150,
-            Priority::Bulk,
-            None,
-            now_ms(),
-        )
-        .await
-        .expect("claim");
+    let got = claim_w(st, 150).await;
     assert_eq!(got.len(), 150);
-    let finished: Vec<Completion> = got[..100]
-        .iter()
-        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
-        .collect();
-    let applied = st
-        .finish(Channel::Webhook, 0, "w", finished, now_ms())
-        .await
-        .expect("finish");
-    assert_eq!(applied, 100);
+    assert_eq!(finish_sent(st, &got[..100]).await, 100);
     // 50 being sent, 100 not read yet.
     assert_eq!(in_lanes(st).await, 150);
     let waiting = st.waiting(10_000).await.expect("waiting");
@@ -980,29 +984,9 @@ pub async fn depth_counts_waiting_and_sending(s: Subject) {
         .iter()
         .all(|(n, _)| !claimed.contains(n.id.as_str())));
     // The rest is claimed and everything finished: nothing waits, nothing is counted.
-    let rest = st
-        .claim(
-            Channel::Webhook,
-            0,
-            "w",
-            150,
-            Priority::Bulk,
-            None,
-            now_ms(),
-        )
-        .await
-        .expect("claim");
+    let rest = claim_w(st, 150).await;
     assert_eq!(rest.len(), 100);
-    let finished: Vec<Completion> = got[100..]
-        .iter()
-        .chain(&rest)
-        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
-        .collect();
-    let applied = st
-        .finish(Channel::Webhook, 0, "w", finished, now_ms())
-        .await
-        .expect("finish");
-    assert_eq!(applied, 150);
+    assert_eq!(finish_sent(st, got[100..].iter().chain(&rest)).await, 150);
     assert_eq!(in_lanes(st).await, 0);
     assert!(st.waiting(10_000).await.expect("waiting").is_empty());
 }
@@ -1324,35 +1308,12 @@ async fn redis_acknowledged_entries_are_trimmed() {
     let st = &*s.store;
     let server = s.redis.as_ref().expect("redis");
     let stream = "herald:{0}:ready:webhook:2";
-    let batch: Vec<NewNotification> = (0..250)
-        .map(|_| new(note(st, vec![Channel::Webhook])))
-        .collect();
-    st.enqueue(batch).await.expect("enqueue");
+    queue_on_shard0(st, 250).await;
     let xlen = || -> u64 { server.cmd(&["XLEN", stream]).parse().expect("xlen") };
     assert_eq!(xlen(), 250);
-    let got = st
-        .claim(
-            Channel::Webhook,
-            0,
-            "w",
-            150,
-            Priority::Bulk,
-            None,
-            now_ms(),
-        )
-        .await
-        .expect("claim");
+    let got = claim_w(st, 150).await;
     assert_eq!(got.len(), 150);
-    let first: Vec<Completion> = got[..100]
-        .iter()
-        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
-        .collect();
-    assert_eq!(
-        st.finish(Channel::Webhook, 0, "w", first, now_ms())
-            .await
-            .expect("finish"),
-        100
-    );
+    assert_eq!(finish_sent(st, &got[..100]).await, 100);
     // The first node (up to 100 entries) held only acknowledged ones: gone. The 50 pending
     // and the 100 unread are all still there.
     let left = xlen();
@@ -1360,30 +1321,9 @@ async fn redis_acknowledged_entries_are_trimmed() {
     let pending = server.cmd(&["XPENDING", stream, "herald"]);
     assert!(pending.starts_with("50\n"), "{pending}");
     // Everything claimed and finished: the stream is empty.
-    let rest = st
-        .claim(
-            Channel::Webhook,
-            0,
-            "w",
-            150,
-            Priority::Bulk,
-            None,
-            now_ms(),
-        )
-        .await
-        .expect("claim");
+    let rest = claim_w(st, 150).await;
     assert_eq!(rest.len(), 100);
-    let all: Vec<Completion> = got[100..]
-        .iter()
-        .chain(&rest)
-        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
-        .collect();
-    assert_eq!(
-        st.finish(Channel::Webhook, 0, "w", all, now_ms())
-            .await
-            .expect("finish"),
-        150
-    );
+    assert_eq!(finish_sent(st, got[100..].iter().chain(&rest)).await, 150);
     assert_eq!(xlen(), 0);
     assert_eq!(in_lanes(st).await, 0);
 }
@@ -1396,48 +1336,20 @@ async fn redis_streams_with_deleted_entries_are_counted_and_trimmed() {
     let st = &*s.store;
     let server = s.redis.as_ref().expect("redis");
     let stream = "herald:{0}:ready:webhook:2";
-    let batch: Vec<NewNotification> = (0..10)
-        .map(|_| new(note(st, vec![Channel::Webhook])))
-        .collect();
-    st.enqueue(batch).await.expect("enqueue");
-    let got = st
-        .claim(Channel::Webhook, 0, "w", 6, Priority::Bulk, None, now_ms())
-        .await
-        .expect("claim");
+    queue_on_shard0(st, 10).await;
+    let got = claim_w(st, 6).await;
     assert_eq!(got.len(), 6);
     // The older Herald acknowledged and deleted the first three.
-    let first: Vec<Completion> = got[..3]
-        .iter()
-        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
-        .collect();
-    assert_eq!(
-        st.finish(Channel::Webhook, 0, "w", first, now_ms())
-            .await
-            .expect("finish"),
-        3
-    );
+    assert_eq!(finish_sent(st, &got[..3]).await, 3);
     for c in &got[..3] {
         server.cmd(&["XDEL", stream, &c.entry.entry_id]);
     }
     // 3 being sent, 4 not read.
     assert_eq!(in_lanes(st).await, 7);
-    let rest = st
-        .claim(Channel::Webhook, 0, "w", 10, Priority::Bulk, None, now_ms())
-        .await
-        .expect("claim");
+    let rest = claim_w(st, 10).await;
     assert_eq!(rest.len(), 4);
     assert_eq!(in_lanes(st).await, 7);
-    let all: Vec<Completion> = got[3..]
-        .iter()
-        .chain(&rest)
-        .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
-        .collect();
-    assert_eq!(
-        st.finish(Channel::Webhook, 0, "w", all, now_ms())
-            .await
-            .expect("finish"),
-        7
-    );
+    assert_eq!(finish_sent(st, got[3..].iter().chain(&rest)).await, 7);
     assert_eq!(in_lanes(st).await, 0);
     assert_eq!(server.cmd(&["XLEN", stream]), "0");
 }

@@ -48,11 +48,7 @@ end
 
 -- Ready stream keys by channel and priority, made once per call.
 local function ready(ch, pr)
-  local by = READY[ch]
-  if not by then
-    by = {}
-    READY[ch] = by
-  end
+  local by = sub(READY, ch)
   local k = by[pr]
   if not k then
     k = P .. 'ready:' .. ch .. ':' .. pr
@@ -79,17 +75,13 @@ local function cfields(ch)
 end
 
 -- Counts `n` (default 1) notifications of campaign `cmp` moving from status `ost` on channel
--- `och` (nil: new) to `nst` on `nch`, in TALLY[cmp][field]. It reaches the tallies directly:
--- a Lua function call costs hundreds of instructions, and counting through four layers of
--- helpers was a tenth of finish's (cost.py --instructions).
+-- `och` (nil: new) to `nst` on `nch`, in TALLY[cmp][field]. It reaches the tallies without
+-- layers of helpers: a Lua function call costs hundreds of instructions, and counting through
+-- four layers of them was a tenth of finish's (cost.py --instructions).
 local function count(cmp, och, ost, nch, nst, n)
   n = n or 1
   if cmp == '' or n == 0 then return end
-  local t = TALLY[cmp]
-  if not t then
-    t = {}
-    TALLY[cmp] = t
-  end
+  local t = sub(TALLY, cmp)
   local f
   if ost then
     f = SF[ost]
@@ -320,11 +312,7 @@ end
 -- Acknowledged ready-stream entries, per stream: one XACK per stream at the script's end
 -- (flush_acks), however many entries a batch finishes.
 local function ack(key, eid)
-  local t = ACKS[key]
-  if not t then
-    t = {}
-    ACKS[key] = t
-  end
+  local t = sub(ACKS, key)
   t[#t + 1] = eid
 end
 
