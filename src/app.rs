@@ -9,6 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 use crate::api::{AdminService, DispatchService};
@@ -78,6 +79,11 @@ fn default_route(cfg: &Config, enabled: &[Channel]) -> Vec<Channel> {
 
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let prometheus = telemetry::prometheus();
+    // Before anything starts: a keys file that does not load stops the start.
+    let auth = match &cfg.auth.api_keys_file {
+        Some(path) => Some((crate::api::auth::Auth::load(path)?, path.clone())),
+        None => None,
+    };
     let store: Arc<dyn Store> = match &cfg.redis.url {
         Some(_) => Arc::new(
             RedisStore::connect(&cfg.redis)
@@ -94,6 +100,22 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     };
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
+    let auth = match auth {
+        Some((auth, path)) => {
+            info!(path = %path.display(), "API keys required (auth.api_keys_file)");
+            tasks.push(auth.watch(path, cfg.policy.file_check_interval.0, stop.clone()));
+            auth
+        }
+        None => {
+            if cfg.server.has_role("api") {
+                warn!(
+                    "auth.api_keys_file is not set: every gRPC caller is tenant \"default\" \
+                     with every scope, Admin included (development only)"
+                );
+            }
+            crate::api::auth::Auth::disabled()
+        }
+    };
     let live = Live::new(store.clone());
     if let Err(e) = live.refresh().await {
         warn!(error = %e, "cannot read the policy and pauses at start; following the store");
@@ -236,16 +258,22 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building gRPC reflection")?;
-        let dispatch = proto::dispatch_server::DispatchServer::new(DispatchService::new(
-            ingest,
-            store.clone(),
-        ))
-        .max_decoding_message_size(64 * 1024 * 1024);
-        let admin = proto::admin_server::AdminServer::new(AdminService::new(
-            store.clone(),
-            live.clone(),
-            enabled.clone(),
-        ));
+        let dispatch = InterceptedService::new(
+            proto::dispatch_server::DispatchServer::new(DispatchService::new(
+                ingest,
+                store.clone(),
+            ))
+            .max_decoding_message_size(64 * 1024 * 1024),
+            auth.clone(),
+        );
+        let admin = InterceptedService::new(
+            proto::admin_server::AdminServer::new(AdminService::new(
+                store.clone(),
+                live.clone(),
+                enabled.clone(),
+            )),
+            auth,
+        );
         let stop2 = stop.clone();
         tasks.push(tokio::spawn(async move {
             // Small gRPC answers must leave at once: without TCP_NODELAY, Nagle and the

@@ -66,6 +66,28 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// API keys for `auth.api_keys_file`.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// Make a new random key: prints the key (give it to the caller) and the keys-file entry
+    /// that holds only its SHA-256.
+    New {
+        /// The key's name in logs and metrics.
+        name: String,
+        #[arg(long, default_value = crate::api::auth::DEFAULT_TENANT)]
+        tenant: String,
+        /// send, read, admin (repeatable; default send and read).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// Print the SHA-256 of a key read from standard input.
+    Hash,
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,8 +124,50 @@ pub enum PolicyAction {
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
     /// Herald's gRPC address.
-    #[arg(long, env = "HERALD_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "HERALD_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     pub server: String,
+    /// API key, sent as `authorization: Bearer <key>` (when the server has keys).
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+}
+
+/// Adds the API key to every call.
+#[derive(Clone)]
+pub struct BearerKey(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for BearerKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Authed = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerKey>;
+
+impl Conn {
+    async fn channel(&self) -> anyhow::Result<(tonic::transport::Channel, BearerKey)> {
+        let key = match &self.api_key {
+            Some(k) => Some(
+                format!("Bearer {k}")
+                    .parse()
+                    .context("--api-key must be printable ASCII")?,
+            ),
+            None => None,
+        };
+        let ch = tonic::transport::Endpoint::from_shared(self.server.clone())
+            .with_context(|| format!("--server {:?}", self.server))?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", self.server))?;
+        Ok((ch, BearerKey(key)))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -159,10 +223,9 @@ fn parse_time(s: &str, what: &str) -> anyhow::Result<prost_types::Timestamp> {
     ms_to_ts(ms).with_context(|| format!("--{what} must be after 1970"))
 }
 
-async fn client(conn: &Conn) -> anyhow::Result<DispatchClient<tonic::transport::Channel>> {
-    DispatchClient::connect(conn.server.clone())
-        .await
-        .with_context(|| format!("connecting to {}", conn.server))
+async fn client(conn: &Conn) -> anyhow::Result<DispatchClient<Authed>> {
+    let (ch, key) = conn.channel().await?;
+    Ok(DispatchClient::with_interceptor(ch, key))
 }
 
 fn status_name(n: i32) -> String {
@@ -368,12 +431,9 @@ fn channel_number(name: &str) -> anyhow::Result<i32> {
         .with_context(|| format!("{name:?} is not a channel"))
 }
 
-async fn admin(
-    conn: &Conn,
-) -> anyhow::Result<proto::admin_client::AdminClient<tonic::transport::Channel>> {
-    proto::admin_client::AdminClient::connect(conn.server.clone())
-        .await
-        .with_context(|| format!("connecting to {}", conn.server))
+async fn admin(conn: &Conn) -> anyhow::Result<proto::admin_client::AdminClient<Authed>> {
+    let (ch, key) = conn.channel().await?;
+    Ok(proto::admin_client::AdminClient::with_interceptor(ch, key))
 }
 
 pub async fn channel(action: ChannelAction, conn: Conn) -> anyhow::Result<()> {
@@ -466,7 +526,7 @@ pub async fn policy(action: PolicyAction, conn: Conn) -> anyhow::Result<()> {
 }
 
 async fn apply_file(
-    c: &mut proto::admin_client::AdminClient<tonic::transport::Channel>,
+    c: &mut proto::admin_client::AdminClient<Authed>,
     file: &std::path::Path,
     dry_run: bool,
     author: String,
@@ -563,5 +623,62 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => receipts(follow, campaign, cursor, conn).await,
         Command::Channel { action, conn } => channel(action, conn).await,
         Command::Policy { action, conn } => policy(action, conn).await,
+        Command::Key { action } => key(action),
     }
+}
+
+fn key(action: KeyAction) -> anyhow::Result<()> {
+    use base64::Engine;
+    use std::io::Read;
+    match action {
+        KeyAction::New {
+            name,
+            tenant,
+            scopes,
+        } => {
+            let key = format!(
+                "hk_{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+            );
+            let scopes = if scopes.is_empty() {
+                vec!["send".to_string(), "read".to_string()]
+            } else {
+                scopes
+            };
+            let entry = key_entry(&name, &tenant, &key, &scopes);
+            // The same checks the server makes, so a bad name or scope fails here.
+            crate::api::auth::KeyRing::parse(&entry).map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln!("# the key (shown once; give it to the caller):");
+            println!("{key}");
+            eprintln!("# add to auth.api_keys_file:");
+            println!("{entry}");
+            Ok(())
+        }
+        KeyAction::Hash => {
+            let mut key = String::new();
+            std::io::stdin()
+                .read_to_string(&mut key)
+                .context("reading the key from standard input")?;
+            let key = key.trim();
+            anyhow::ensure!(!key.is_empty(), "no key on standard input");
+            println!("{}", crate::model::hex(&crate::api::auth::key_hash(key)));
+            Ok(())
+        }
+    }
+}
+
+/// A keys-file entry for `key` that holds only its hash.
+fn key_entry(name: &str, tenant: &str, key: &str, scopes: &[String]) -> String {
+    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
+    format!(
+        "[[keys]]\nname = {}\ntenant = {}\nsha256 = \"{}\"\nscopes = [{}]\n",
+        quoted(name),
+        quoted(tenant),
+        crate::model::hex(&crate::api::auth::key_hash(key)),
+        scopes
+            .iter()
+            .map(|s| quoted(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }

@@ -227,7 +227,7 @@ pub fn watch_file(
 }
 
 /// How long a changed policy file must stay unchanged before it is read.
-const SETTLE: Duration = Duration::from_millis(200);
+pub(crate) const SETTLE: Duration = Duration::from_millis(200);
 
 /// Applies the file's text unless it is what is in force already. An empty file is taken
 /// for one caught while being written, never for "all defaults" (say that with a comment).

@@ -2,6 +2,7 @@
 //! domain error → `tonic::Status` (with `google.rpc.BadRequest` field violations). Knows
 //! nothing of Redis.
 
+pub mod auth;
 pub mod convert;
 
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::error;
 
+use self::auth::{authorize, Scope};
 use self::convert::{
     campaign_to_proto, channel_from_proto, channel_to_proto, draft_from_proto,
     notification_to_proto, receipt_to_proto, status_from_proto, status_to_proto,
@@ -92,9 +94,6 @@ fn send_response(a: Accepted) -> proto::SendResponse {
     }
 }
 
-/// Until API keys are configured every caller is this tenant.
-const DEFAULT_TENANT: &str = "default";
-
 pub struct DispatchService {
     ingest: Arc<Ingest>,
     store: Arc<dyn Store>,
@@ -112,6 +111,22 @@ impl DispatchService {
     }
 }
 
+impl DispatchService {
+    /// The notification `id` if it exists and belongs to `tenant`.
+    async fn owned(
+        &self,
+        id: &str,
+        tenant: &str,
+    ) -> Result<Option<crate::store::NotificationView>, Status> {
+        Ok(self
+            .store
+            .get(id)
+            .await
+            .map_err(store_status)?
+            .filter(|v| v.notification.tenant == tenant))
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -120,10 +135,11 @@ impl proto::dispatch_server::Dispatch for DispatchService {
         &self,
         req: Request<proto::SendRequest>,
     ) -> Result<Response<proto::SendResponse>, Status> {
+        let caller = authorize(&req, Scope::Send)?;
         let draft = draft_from_proto(req.into_inner(), "").map_err(ingest_status)?;
         let a = self
             .ingest
-            .send(DEFAULT_TENANT, draft)
+            .send(&caller.tenant, draft)
             .await
             .map_err(ingest_status)?;
         Ok(Response::new(send_response(a)))
@@ -133,6 +149,7 @@ impl proto::dispatch_server::Dispatch for DispatchService {
         &self,
         req: Request<proto::SendBatchRequest>,
     ) -> Result<Response<proto::SendBatchResponse>, Status> {
+        let caller = authorize(&req, Scope::Send)?;
         let items = req.into_inner().items;
         if items.len() > self.ingest.max_batch() {
             return Err(invalid(
@@ -152,7 +169,7 @@ impl proto::dispatch_server::Dispatch for DispatchService {
             .collect::<Vec<_>>();
         let results = self
             .ingest
-            .send_batch(DEFAULT_TENANT, drafts)
+            .send_batch(&caller.tenant, drafts)
             .await
             .map_err(ingest_status)?;
         let results = results
@@ -176,6 +193,7 @@ impl proto::dispatch_server::Dispatch for DispatchService {
         &self,
         req: Request<tonic::Streaming<proto::SendRequest>>,
     ) -> Result<Response<Self::SendStreamStream>, Status> {
+        let caller = authorize(&req, Scope::Send)?;
         let inbound = req.into_inner();
         let ingest = self.ingest.clone();
         let (tx, rx) = mpsc::channel::<Result<proto::SendResponse, Status>>(2048);
@@ -195,7 +213,7 @@ impl proto::dispatch_server::Dispatch for DispatchService {
                     }
                 }
                 let n = drafts.len();
-                match ingest.send_batch(DEFAULT_TENANT, drafts).await {
+                match ingest.send_batch(&caller.tenant, drafts).await {
                     Ok(results) => {
                         for r in results {
                             let resp = match r {
@@ -234,6 +252,7 @@ impl proto::dispatch_server::Dispatch for DispatchService {
         req: Request<proto::CancelRequest>,
     ) -> Result<Response<proto::CancelResponse>, Status> {
         use proto::cancel_request::Target;
+        let caller = authorize(&req, Scope::Send)?;
         let target = match req.into_inner().target {
             Some(Target::NotificationId(id)) if !id.is_empty() => {
                 if shard_of(&id).is_none() {
@@ -248,6 +267,12 @@ impl proto::dispatch_server::Dispatch for DispatchService {
             _ => return Err(invalid("target", "give notification_id or campaign_id")),
         };
         let single = matches!(target, CancelTarget::Notification(_));
+        if let CancelTarget::Notification(id) = &target {
+            // Another tenant's notification is as unknown as one that does not exist.
+            if self.owned(id, &caller.tenant).await?.is_none() {
+                return Err(Status::not_found("no such notification"));
+            }
+        }
         let out = self
             .store
             .cancel(target, now_ms())
@@ -266,6 +291,7 @@ impl proto::dispatch_server::Dispatch for DispatchService {
         &self,
         req: Request<proto::GetNotificationRequest>,
     ) -> Result<Response<proto::Notification>, Status> {
+        let caller = authorize(&req, Scope::Read)?;
         let id = req.into_inner().notification_id;
         if id.is_empty() {
             return Err(invalid("notification_id", "is required"));
@@ -276,7 +302,7 @@ impl proto::dispatch_server::Dispatch for DispatchService {
                 "is not a Herald notification id",
             ));
         }
-        match self.store.get(&id).await.map_err(store_status)? {
+        match self.owned(&id, &caller.tenant).await? {
             Some(v) => Ok(Response::new(notification_to_proto(v))),
             None => Err(Status::not_found("no such notification")),
         }
@@ -288,6 +314,7 @@ impl proto::dispatch_server::Dispatch for DispatchService {
         &self,
         req: Request<proto::WatchReceiptsRequest>,
     ) -> Result<Response<Self::WatchReceiptsStream>, Status> {
+        authorize(&req, Scope::Read)?;
         let r = req.into_inner();
         let mut statuses = Vec::new();
         for (i, s) in r.statuses.iter().enumerate() {
@@ -357,6 +384,7 @@ impl proto::dispatch_server::Dispatch for DispatchService {
         &self,
         req: Request<proto::GetCampaignRequest>,
     ) -> Result<Response<proto::Campaign>, Status> {
+        authorize(&req, Scope::Read)?;
         let id = req.into_inner().campaign_id;
         if id.is_empty() {
             return Err(invalid("campaign_id", "is required"));
@@ -484,8 +512,9 @@ fn not_yet(what: &str) -> Status {
 impl proto::admin_server::Admin for AdminService {
     async fn get_policy(
         &self,
-        _req: Request<proto::GetPolicyRequest>,
+        req: Request<proto::GetPolicyRequest>,
     ) -> Result<Response<proto::Policy>, Status> {
+        authorize(&req, Scope::Admin)?;
         let current = self.store.policy().await.map_err(store_status)?;
         let history = self
             .store
@@ -503,6 +532,7 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         req: Request<proto::ApplyPolicyRequest>,
     ) -> Result<Response<proto::ApplyPolicyResponse>, Status> {
+        authorize(&req, Scope::Admin)?;
         let r = req.into_inner();
         let new = Policy::parse(&r.document).map_err(|e| {
             ingest_status(IngestError::Invalid(vec![FieldViolation::new(
@@ -562,6 +592,7 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         req: Request<proto::PauseChannelRequest>,
     ) -> Result<Response<proto::ChannelAck>, Status> {
+        authorize(&req, Scope::Admin)?;
         let r = req.into_inner();
         let channel = self.channel_arg(r.channel)?;
         if !r.account.is_empty() {
@@ -588,6 +619,7 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         req: Request<proto::ResumeChannelRequest>,
     ) -> Result<Response<proto::ChannelAck>, Status> {
+        authorize(&req, Scope::Admin)?;
         let r = req.into_inner();
         let channel = self.channel_arg(r.channel)?;
         if !r.account.is_empty() {
@@ -608,6 +640,7 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         req: Request<proto::GetChannelStatusRequest>,
     ) -> Result<Response<proto::ChannelStatusResponse>, Status> {
+        authorize(&req, Scope::Admin)?;
         let r = req.into_inner();
         let only = match r.channel {
             0 => None,
@@ -641,6 +674,7 @@ impl proto::admin_server::Admin for AdminService {
         &self,
         req: Request<proto::ListDeadLettersRequest>,
     ) -> Result<Response<proto::ListDeadLettersResponse>, Status> {
+        authorize(&req, Scope::Admin)?;
         let r = req.into_inner();
         let channel =
             channel_from_proto(r.channel, "channel").map_err(|v| ingest_status(v.into()))?;
@@ -671,8 +705,9 @@ impl proto::admin_server::Admin for AdminService {
 
     async fn redrive_dead_letters(
         &self,
-        _req: Request<proto::RedriveDeadLettersRequest>,
+        req: Request<proto::RedriveDeadLettersRequest>,
     ) -> Result<Response<proto::RedriveDeadLettersResponse>, Status> {
+        authorize(&req, Scope::Admin)?;
         Err(not_yet("RedriveDeadLetters"))
     }
 }

@@ -1,6 +1,7 @@
 //! Herald's integration tests: one binary, each test starting what it needs on loopback (a
 //! real `redis-server` on a free port, Herald in-process or as a child, HTTP sinks).
 
+mod auth;
 mod conformance;
 mod e2e;
 mod footprint;

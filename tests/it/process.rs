@@ -350,3 +350,79 @@ async fn the_policy_file_applies_at_start_and_on_sighup_and_a_broken_one_is_refu
     let after = policy(&admin).await;
     assert_eq!(after.version, 2, "{after:?}");
 }
+
+#[tokio::test]
+async fn cli_makes_an_api_key_and_calls_a_server_that_requires_it() {
+    let out = cli(&["key", "new", "ops", "--scope", "admin", "--scope", "read"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let (key, entry) = stdout.split_once('\n').expect("key, then the entry");
+    assert!(key.starts_with("hk_") && key.len() > 40, "{key}");
+    assert!(
+        !entry.contains(key),
+        "the entry holds only the hash: {entry}"
+    );
+    assert!(entry.contains("scopes = [\"admin\", \"read\"]"), "{entry}");
+    // `key hash` gives the same SHA-256 as the entry.
+    let mut hash = Command::new(BIN)
+        .args(["key", "hash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run herald key hash");
+    {
+        use std::io::Write;
+        let mut stdin = hash.stdin.take().expect("stdin");
+        writeln!(stdin, "{key}").expect("write the key");
+    }
+    let hashed = hash.wait_with_output().expect("key hash");
+    let digest = String::from_utf8(hashed.stdout).expect("utf-8");
+    assert!(
+        entry.contains(&format!("sha256 = \"{}\"", digest.trim())),
+        "{digest} vs {entry}"
+    );
+    // A bad scope fails before printing a key.
+    let bad = cli(&["key", "new", "ops", "--scope", "root"]);
+    assert!(!bad.status.success());
+    assert!(bad.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("root"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(&keys, entry).expect("write keys file");
+    let server =
+        HeraldProcess::spawn(&[("HERALD_AUTH__API_KEYS_FILE", keys.display().to_string())]);
+    let url = server.url();
+    let without = cli(&["channel", "status", "--server", &url]);
+    assert!(!without.status.success(), "{without:?}");
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("authorization"),
+        "{without:?}"
+    );
+    let with = cli(&["channel", "status", "--server", &url, "--api-key", key]);
+    assert!(with.status.success(), "{with:?}");
+    assert!(
+        String::from_utf8_lossy(&with.stdout).contains("sandbox"),
+        "{with:?}"
+    );
+    // The same key from the environment; a read+admin key may not send.
+    let send = Command::new(BIN)
+        .args([
+            "send",
+            "--channel",
+            "sandbox",
+            "--body",
+            "hi",
+            "--server",
+            &url,
+        ])
+        .env("HERALD_API_KEY", key)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run herald send");
+    assert!(!send.status.success(), "{send:?}");
+    assert!(
+        String::from_utf8_lossy(&send.stderr).contains("send"),
+        "{send:?}"
+    );
+}
