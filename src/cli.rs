@@ -66,11 +66,30 @@ pub enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// What gave up, and sending it again.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// API keys for `auth.api_keys_file`.
     Key {
         #[command(subcommand)]
         action: KeyAction,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeadLetterAction {
+    /// The newest dead letters of a channel, with their last error.
+    List {
+        channel: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Queue dead letters on their channel again: the ids given, or all of the channel.
+    Redrive { channel: String, ids: Vec<String> },
 }
 
 #[derive(Subcommand, Debug)]
@@ -436,6 +455,43 @@ async fn admin(conn: &Conn) -> anyhow::Result<proto::admin_client::AdminClient<A
     Ok(proto::admin_client::AdminClient::with_interceptor(ch, key))
 }
 
+pub async fn dead_letters(action: DeadLetterAction, conn: Conn) -> anyhow::Result<()> {
+    let mut c = admin(&conn).await?;
+    match action {
+        DeadLetterAction::List { channel, limit } => {
+            let list = c
+                .list_dead_letters(proto::ListDeadLettersRequest {
+                    channel: channel_number(&channel)?,
+                    limit,
+                    page_token: String::new(),
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            println!("notification_id\tat\terror_code\terror_message");
+            for d in list.dead_letters {
+                let at = fmt_ts(&d.at);
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    d.notification_id, at, d.error_code, d.error_message
+                );
+            }
+        }
+        DeadLetterAction::Redrive { channel, ids } => {
+            let out = c
+                .redrive_dead_letters(proto::RedriveDeadLettersRequest {
+                    channel: channel_number(&channel)?,
+                    notification_ids: ids,
+                })
+                .await
+                .map_err(describe)?
+                .into_inner();
+            println!("{} redriven on {channel}", out.redriven);
+        }
+    }
+    Ok(())
+}
+
 pub async fn channel(action: ChannelAction, conn: Conn) -> anyhow::Result<()> {
     let mut c = admin(&conn).await?;
     match action {
@@ -623,6 +679,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => receipts(follow, campaign, cursor, conn).await,
         Command::Channel { action, conn } => channel(action, conn).await,
         Command::Policy { action, conn } => policy(action, conn).await,
+        Command::DeadLetters { action, conn } => dead_letters(action, conn).await,
         Command::Key { action } => key(action),
     }
 }

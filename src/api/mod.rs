@@ -504,10 +504,6 @@ fn policy_version_to_proto(r: &crate::store::PolicyRecord) -> proto::PolicyVersi
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not implemented yet"))
-}
-
 #[tonic::async_trait]
 impl proto::admin_server::Admin for AdminService {
     async fn get_policy(
@@ -708,6 +704,41 @@ impl proto::admin_server::Admin for AdminService {
         req: Request<proto::RedriveDeadLettersRequest>,
     ) -> Result<Response<proto::RedriveDeadLettersResponse>, Status> {
         authorize(&req, Scope::Admin)?;
-        Err(not_yet("RedriveDeadLetters"))
+        let r = req.into_inner();
+        let channel = self.channel_arg(r.channel)?;
+        const MAX_IDS: usize = 10_000;
+        if r.notification_ids.len() > MAX_IDS {
+            return Err(invalid(
+                "notification_ids",
+                &format!(
+                    "{} ids is over the limit of {MAX_IDS}; leave it empty for all",
+                    r.notification_ids.len()
+                ),
+            ));
+        }
+        for (i, id) in r.notification_ids.iter().enumerate() {
+            if shard_of(id).is_none() {
+                return Err(invalid(
+                    &format!("notification_ids[{i}]"),
+                    "is not a Herald notification id",
+                ));
+            }
+        }
+        let out = self
+            .store
+            .redrive_dead_letters(channel, &r.notification_ids, now_ms())
+            .await
+            .map_err(store_status)?;
+        metrics::counter!("herald_redriven_total", "channel" => channel.name())
+            .increment(out.redriven);
+        tracing::info!(
+            channel = channel.name(),
+            redriven = out.redriven,
+            records_gone = out.gone,
+            "dead letters redriven"
+        );
+        Ok(Response::new(proto::RedriveDeadLettersResponse {
+            redriven: out.redriven,
+        }))
     }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use super::{
     receipt_for, CampaignStats, CancelOutcome, CancelTarget, Claimed, Completion, DeadLetter,
     Disposition, Enqueued, EntryRef, NewNotification, NotificationView, QueueDepth, QueueSignal,
-    ReceiptPage, Store, StoreError,
+    ReceiptPage, Redriven, Store, StoreError,
 };
 use crate::model::{
     AttemptRecord, Channel, ContactChange, ContactKey, ContactState, Millis, Notification,
@@ -737,6 +737,49 @@ impl Store for MemoryStore {
             .get(&channel)
             .map(|d| d.iter().rev().take(limit).cloned().collect())
             .unwrap_or_default())
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        channel: Channel,
+        ids: &[String],
+        now: Millis,
+    ) -> Result<Redriven, StoreError> {
+        let mut out = Redriven::default();
+        {
+            let mut g = self.lock()?;
+            let max = self.max_receipts;
+            let list = g.dead.remove(&channel).unwrap_or_default();
+            let mut keep = VecDeque::with_capacity(list.len());
+            for d in list {
+                if !ids.is_empty() && !ids.contains(&d.id) {
+                    keep.push_back(d);
+                    continue;
+                }
+                let Some(rec) = g.records.get_mut(&d.id) else {
+                    out.gone += 1;
+                    keep.push_back(d);
+                    continue;
+                };
+                if rec.status != Status::Failed || rec.channel() != Some(channel) {
+                    continue;
+                }
+                rec.channel_attempts = 0;
+                let priority = rec.n.priority;
+                g.set_status(&d.id, Status::Queued, None);
+                if let Some(mut r) = g.receipt(&d.id, Status::Queued) {
+                    r.at = now;
+                    g.emit(r, max);
+                }
+                g.push_ready(channel, priority, d.id);
+                out.redriven += 1;
+            }
+            g.dead.insert(channel, keep);
+        }
+        if out.redriven > 0 {
+            self.signal.notify(channel);
+        }
+        Ok(out)
     }
 
     async fn queue_depth(&self) -> Result<QueueDepth, StoreError> {

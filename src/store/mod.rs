@@ -215,6 +215,15 @@ pub struct DeadLetter {
     pub at: Millis,
 }
 
+/// What a redrive did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Redriven {
+    /// Queued again.
+    pub redriven: u64,
+    /// Dead letters whose record is gone: left in place.
+    pub gone: u64,
+}
+
 /// Depth of one ready lane, summed over shards (in flight included), and of the delayed sets.
 #[derive(Debug, Clone, Default)]
 pub struct QueueDepth {
@@ -285,6 +294,18 @@ pub trait Store: Send + Sync + 'static {
         channel: Channel,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Sends dead letters of `channel` again (`ids`, or all of them when empty): a notification
+    /// still FAILED on that channel is QUEUED on it again with that channel's attempts at 0, a
+    /// QUEUED receipt, and no expiry; its dead letter goes. A dead letter whose notification
+    /// moved on goes too; one whose record is gone (past the retention of finished records)
+    /// stays for inspection.
+    async fn redrive_dead_letters(
+        &self,
+        channel: Channel,
+        ids: &[String],
+        now: Millis,
+    ) -> Result<Redriven, StoreError>;
 
     async fn queue_depth(&self) -> Result<QueueDepth, StoreError>;
 

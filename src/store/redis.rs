@@ -14,7 +14,7 @@ use redis::{
 use super::{
     CampaignStats, CancelOutcome, CancelTarget, Claimed, Completion, DeadLetter, Disposition,
     Enqueued, EntryRef, NewNotification, NotificationView, QueueDepth, QueueSignal, ReceiptPage,
-    Store, StoreError,
+    Redriven, Store, StoreError,
 };
 use crate::config::RedisConfig;
 use crate::model::{
@@ -41,7 +41,7 @@ struct Library {
 }
 
 impl Library {
-    const BODIES: [(&'static str, &'static str); 7] = [
+    const BODIES: [(&'static str, &'static str); 8] = [
         ("enqueue", include_str!("lua/enqueue.lua")),
         ("claim", include_str!("lua/claim.lua")),
         ("finish", include_str!("lua/finish.lua")),
@@ -49,6 +49,7 @@ impl Library {
         ("receipt", include_str!("lua/receipt.lua")),
         ("cancel", include_str!("lua/cancel.lua")),
         ("depth", include_str!("lua/depth.lua")),
+        ("redrive", include_str!("lua/redrive.lua")),
     ];
 
     fn new() -> Self {
@@ -182,6 +183,7 @@ struct Scripts {
     receipt: Code,
     cancel: Code,
     depth: Code,
+    redrive: Code,
 }
 
 impl Scripts {
@@ -198,6 +200,7 @@ impl Scripts {
             receipt: library.function("receipt"),
             cancel: library.function("cancel"),
             depth: library.function("depth"),
+            redrive: library.function("redrive"),
             library,
         }
     }
@@ -1942,6 +1945,77 @@ impl Store for RedisStore {
         }
         out.sort_by_key(|d| std::cmp::Reverse(d.at));
         out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn redrive_dead_letters(
+        &self,
+        channel: Channel,
+        ids: &[String],
+        now: Millis,
+    ) -> Result<Redriven, StoreError> {
+        const PAGE: usize = 500;
+        let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        // Given ids: only their shards are read. A page of dead letters is read, then what
+        // of it is wanted is redriven in one call; the next page starts after it.
+        let shards: Vec<u16> = if ids.is_empty() {
+            (0..self.shards).collect()
+        } else {
+            let mut s: Vec<u16> = ids.iter().filter_map(|id| self.shard_for(id)).collect();
+            s.sort_unstable();
+            s.dedup();
+            s
+        };
+        let mut out = Redriven::default();
+        let mut woken = false;
+        for s in shards {
+            let key = format!("{}dead:{}", prefix(s), channel.name());
+            let mut start = "-".to_string();
+            loop {
+                let mut p = redis::pipe();
+                p.cmd("XRANGE")
+                    .arg(&key)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(PAGE);
+                let v = self.query(&p).await?.pop().unwrap_or(Value::Nil);
+                let rows: Vec<(String, Value)> = parse(v)?;
+                let Some((last, _)) = rows.last() else {
+                    break;
+                };
+                start = format!("({last}");
+                let full = rows.len() == PAGE;
+                let mut args = self.common_args(now);
+                args.push(arg(channel.name()));
+                let before = args.len();
+                for (eid, f) in rows {
+                    let f = pairs(f);
+                    let id = f.get("id").map(text).unwrap_or_default();
+                    if wanted.is_empty() || wanted.contains(id.as_str()) {
+                        args.push(arg(&eid));
+                        args.push(arg(&id));
+                    }
+                }
+                if args.len() > before {
+                    let v = self
+                        .run(vec![(&self.scripts.redrive, prefix(s).into_bytes(), args)])
+                        .await?
+                        .pop()
+                        .unwrap_or(Value::Nil);
+                    let (redriven, gone): (u64, u64) = parse(v)?;
+                    out.redriven += redriven;
+                    out.gone += gone;
+                    woken |= redriven > 0;
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        if woken {
+            self.signal.notify(channel);
+        }
         Ok(out)
     }
 

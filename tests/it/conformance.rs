@@ -325,6 +325,110 @@ pub async fn failure_and_dead_letters(s: Subject) {
     assert_eq!(dl[0].class, Some(ErrorClass::Transient));
 }
 
+/// The ids of the webhook channel's dead letters, sorted.
+async fn dead_ids(st: &dyn Store) -> Vec<String> {
+    let mut v: Vec<String> = st
+        .dead_letters(Channel::Webhook, 100)
+        .await
+        .expect("dead letters")
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Queues `n` webhook notifications of campaign "redrive" and fails them into the dead
+/// letters; their ids.
+async fn fail_to_dead_letters(st: &dyn Store, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let mut x = note(st, vec![Channel::Webhook]);
+        x.campaign_id = "redrive".into();
+        ids.push(enqueue(st, x).await);
+    }
+    for (shard, c) in claim_all(st, Channel::Webhook, "w").await {
+        let fail = Disposition::Failed {
+            class: ErrorClass::Transient,
+            code: "http_500".into(),
+            message: "receiver answered 500".into(),
+            dead_letter: true,
+        };
+        finish_one(st, Channel::Webhook, shard, &c, fail).await;
+    }
+    for id in &ids {
+        assert_eq!(status(st, id).await, Status::Failed);
+    }
+    ids
+}
+
+/// Redriven dead letters are queued on their channel again with its attempts at 0 and a
+/// QUEUED receipt, and leave the dead letters; given ids, only those.
+pub async fn redrive_dead_letters(s: Subject) {
+    let st = &*s.store;
+    let ids = fail_to_dead_letters(st, 3).await;
+    let mut all = ids.clone();
+    all.sort();
+    assert_eq!(dead_ids(st).await, all);
+
+    // One by id: only it.
+    let out = st
+        .redrive_dead_letters(Channel::Webhook, std::slice::from_ref(&ids[0]), now_ms())
+        .await
+        .expect("redrive one");
+    assert_eq!(out.redriven, 1);
+    assert_eq!(out.gone, 0);
+    assert_eq!(status(st, &ids[0]).await, Status::Queued);
+    assert_eq!(status(st, &ids[1]).await, Status::Failed);
+    assert!(!dead_ids(st).await.contains(&ids[0]));
+    assert_eq!(dead_ids(st).await.len(), 2);
+    let c = st.campaign("redrive").await.expect("campaign");
+    assert_eq!(c.by_status.get(&Status::Failed), Some(&2), "{c:?}");
+    assert_eq!(c.by_status.get(&Status::Queued), Some(&1), "{c:?}");
+    let v = st.get(&ids[0]).await.expect("get").expect("exists");
+    let last = v.receipts.last().expect("receipts");
+    assert_eq!(last.status, Status::Queued, "{:?}", v.receipts);
+    assert_eq!(last.channel, Some(Channel::Webhook));
+    // Another channel's redrive touches none of them.
+    let other = st
+        .redrive_dead_letters(Channel::Sms, &[], now_ms())
+        .await
+        .expect("redrive sms");
+    assert_eq!(other.redriven, 0);
+
+    // It is claimed again, with a fresh count of this channel's attempts.
+    let got = claim_all(st, Channel::Webhook, "w").await;
+    assert_eq!(got.len(), 1);
+    let (shard, c) = &got[0];
+    assert_eq!(c.notification.id, ids[0]);
+    assert_eq!(c.channel_attempts, 0);
+    assert_eq!(
+        c.attempts, 1,
+        "the attempts of all channels still count the first"
+    );
+    finish_one(st, Channel::Webhook, *shard, c, sent(Status::Sent)).await;
+    assert_eq!(status(st, &ids[0]).await, Status::Sent);
+
+    // All of the channel: the other two; then there is nothing left to redrive.
+    let out = st
+        .redrive_dead_letters(Channel::Webhook, &[], now_ms())
+        .await
+        .expect("redrive all");
+    assert_eq!(out.redriven, 2);
+    assert!(dead_ids(st).await.is_empty());
+    let got = claim_all(st, Channel::Webhook, "w").await;
+    let mut claimed: Vec<String> = got.iter().map(|(_, c)| c.notification.id.clone()).collect();
+    claimed.sort();
+    let mut rest = ids[1..].to_vec();
+    rest.sort();
+    assert_eq!(claimed, rest);
+    let again = st
+        .redrive_dead_letters(Channel::Webhook, &[], now_ms())
+        .await
+        .expect("redrive nothing");
+    assert_eq!(again.redriven, 0);
+}
+
 pub async fn cancel_before_and_after_sending(s: Subject) {
     let st = &*s.store;
     let mut n = note(st, vec![Channel::Webhook]);
@@ -998,6 +1102,7 @@ both!(
     scheduling_and_promotion,
     retry_then_fallback,
     failure_and_dead_letters,
+    redrive_dead_letters,
     cancel_before_and_after_sending,
     cancel_campaign,
     expiry_at_claim,
@@ -1015,6 +1120,44 @@ both!(
     operator_pauses,
     budgets_and_recent_sends,
 );
+
+/// Redis only: a redriven record loses its expiry (a finished record's retention), and a
+/// dead letter whose record is gone is left for inspection.
+#[tokio::test]
+async fn redis_redrive_persists_the_record_and_keeps_dead_letters_of_gone_ones() {
+    let s = redis().await;
+    let st = &*s.store;
+    let server = s.redis.as_ref().expect("redis");
+    let ids = fail_to_dead_letters(st, 2).await;
+    let key = |id: &str| {
+        let shard = herald::model::shard_of(id).expect("shard");
+        format!("herald:{{{shard}}}:n:{id}")
+    };
+    assert!(
+        server
+            .cmd(&["PTTL", &key(&ids[0])])
+            .trim()
+            .parse::<i64>()
+            .expect("ttl")
+            > 0
+    );
+    server.cmd(&["DEL", &key(&ids[1])]);
+    let out = st
+        .redrive_dead_letters(Channel::Webhook, &[], now_ms())
+        .await
+        .expect("redrive");
+    assert_eq!(out.redriven, 1);
+    assert_eq!(out.gone, 1);
+    assert_eq!(server.cmd(&["PTTL", &key(&ids[0])]).trim(), "-1");
+    let left: Vec<String> = st
+        .dead_letters(Channel::Webhook, 10)
+        .await
+        .expect("dead letters")
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(left, vec![ids[1].clone()]);
+}
 
 /// Redis only: instances heartbeat into one set; the count every instance divides the
 /// platforms' rates by follows instances coming and going. (The memory store is one process:

@@ -342,6 +342,49 @@ async fn dead_letters_after_max_attempts() {
     assert_eq!(dl.dead_letters.len(), 1);
     assert_eq!(dl.dead_letters[0].notification_id, r.notification_id);
     assert_eq!(dl.dead_letters[0].error_code, "http_500");
+
+    // Bad ids and a missing channel are refused, naming the field; nothing moves.
+    let e = admin
+        .redrive_dead_letters(proto::RedriveDeadLettersRequest {
+            channel: proto::Channel::Webhook as i32,
+            notification_ids: vec![r.notification_id.clone(), "nope".into()],
+        })
+        .await
+        .expect_err("bad id");
+    assert_eq!(violated_fields(&e), ["notification_ids[1]"]);
+    let e = admin
+        .redrive_dead_letters(proto::RedriveDeadLettersRequest::default())
+        .await
+        .expect_err("no channel");
+    assert_eq!(violated_fields(&e), ["channel"]);
+    assert_eq!(h.get(&r.notification_id).await.status, FAILED);
+
+    // The receiver is fixed: a redrive sends it again, with three fresh attempts.
+    sink.respond("/broken", vec![Reply::status(500), Reply::ok()]);
+    let out = admin
+        .redrive_dead_letters(proto::RedriveDeadLettersRequest {
+            channel: proto::Channel::Webhook as i32,
+            notification_ids: vec![],
+        })
+        .await
+        .expect("redrive")
+        .into_inner();
+    assert_eq!(out.redriven, 1);
+    let n = h
+        .wait_status(&r.notification_id, DELIVERED, Duration::from_secs(10))
+        .await;
+    assert_eq!(n.attempts.len(), 5, "3 before, then a 500 and the delivery");
+    assert_eq!(sink.count(), 5);
+    let dl = admin
+        .list_dead_letters(proto::ListDeadLettersRequest {
+            channel: proto::Channel::Webhook as i32,
+            limit: 10,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(dl.dead_letters.is_empty(), "{dl:?}");
 }
 
 #[tokio::test]

@@ -405,6 +405,31 @@ async fn cli_makes_an_api_key_and_calls_a_server_that_requires_it() {
         String::from_utf8_lossy(&with.stdout).contains("sandbox"),
         "{with:?}"
     );
+    let list = cli(&[
+        "dead-letters",
+        "list",
+        "sandbox",
+        "--server",
+        &url,
+        "--api-key",
+        key,
+    ]);
+    assert!(list.status.success(), "{list:?}");
+    assert!(String::from_utf8_lossy(&list.stdout).starts_with("notification_id\t"));
+    let redrive = cli(&[
+        "dead-letters",
+        "redrive",
+        "sandbox",
+        "--server",
+        &url,
+        "--api-key",
+        key,
+    ]);
+    assert!(redrive.status.success(), "{redrive:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&redrive.stdout).trim(),
+        "0 redriven on sandbox"
+    );
     // The same key from the environment; a read+admin key may not send.
     let send = Command::new(BIN)
         .args([
