@@ -241,6 +241,102 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// The hash tag of `cmd`'s key (`herald:{3}:n:…` → `3`): the key after the key count for
+/// FCALL and EVALSHA, else the first argument. None for a command without a tagged key there.
+fn hash_tag(cmd: &Cmd) -> Option<&[u8]> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|a| match a {
+            redis::Arg::Simple(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let name = args.first()?;
+    let key = if [
+        &b"FCALL"[..],
+        b"FCALL_RO",
+        b"EVALSHA",
+        b"EVALSHA_RO",
+        b"EVAL",
+        b"EVAL_RO",
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
+    {
+        if args.get(2).is_none_or(|n| *n == b"0") {
+            return None;
+        }
+        args.get(3)?
+    } else {
+        args.get(1)?
+    };
+    let open = key.iter().position(|b| *b == b'{')?;
+    let len = key[open + 1..].iter().position(|b| *b == b'}')?;
+    (len > 0).then(|| &key[open + 1..open + 1 + len])
+}
+
+/// A pipeline on Redis Cluster, which runs one only when all its keys are in one slot:
+/// split by hash tag (a shard, a contact, the policy), each part a pipeline to its node, all
+/// at once; a command without a tagged key goes alone so that the client routes it (WAIT,
+/// SCRIPT LOAD and FUNCTION LOAD go to every primary). The replies come back in order.
+async fn cluster_query(
+    conn: &Conn,
+    pipe: &Pipeline,
+    tolerant: bool,
+) -> Result<Vec<Value>, StoreError> {
+    let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
+    let mut groups: Vec<(Option<&[u8]>, Vec<usize>)> = Vec::new();
+    for (i, cmd) in cmds.iter().enumerate() {
+        match hash_tag(cmd) {
+            Some(tag) => match groups.iter_mut().find(|(t, _)| *t == Some(tag)) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((Some(tag), vec![i])),
+            },
+            None => groups.push((None, vec![i])),
+        }
+    }
+    if let [(Some(_), _)] = groups.as_slice() {
+        let mut c = conn.clone();
+        return pipe
+            .query_async::<Vec<Value>>(&mut c)
+            .await
+            .map_err(map_err);
+    }
+    let parts = groups.iter().map(|(tag, idx)| {
+        let mut c = conn.clone();
+        let cmds = &cmds;
+        async move {
+            if tag.is_none() {
+                let v = cmds[idx[0]]
+                    .query_async::<Value>(&mut c)
+                    .await
+                    .map_err(map_err)?;
+                return Ok::<_, StoreError>(vec![v]);
+            }
+            let mut p = redis::pipe();
+            p.ignore_errors();
+            for i in idx {
+                p.add_command(cmds[*i].clone());
+            }
+            p.query_async::<Vec<Value>>(&mut c).await.map_err(map_err)
+        }
+    });
+    let replies = futures::future::try_join_all(parts).await?;
+    let mut out = vec![Value::Nil; cmds.len()];
+    for ((_, idx), values) in groups.iter().zip(replies) {
+        for (i, v) in idx.iter().zip(values) {
+            out[*i] = v;
+        }
+    }
+    if !tolerant {
+        out = out
+            .into_iter()
+            .map(|v| v.extract_error().map_err(map_err))
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(out)
+}
+
 pub struct RedisStore {
     conn: Conn,
     /// Notifications' worth of work sent on the shared connection and not yet answered (see
@@ -818,9 +914,23 @@ impl RedisStore {
     /// The wait for the gate counts against `redis.command_timeout` too: while Redis is away
     /// a call fails in that time, not after everything ahead of it has failed.
     async fn query_w(&self, pipe: &Pipeline, weight: usize) -> Result<Vec<Value>, StoreError> {
+        self.query_with(pipe, weight, false).await
+    }
+
+    /// `query_w`; `tolerant` when `pipe` ignores errors (a failed command is a
+    /// `Value::ServerError` among the replies rather than an error of the whole call).
+    async fn query_with(
+        &self,
+        pipe: &Pipeline,
+        weight: usize,
+        tolerant: bool,
+    ) -> Result<Vec<Value>, StoreError> {
         let call = async {
             let _turn = self.queued.enter(weight).await?;
             let mut c = self.conn();
+            if matches!(c, Conn::Cluster(_)) {
+                return cluster_query(&c, pipe, tolerant).await;
+            }
             pipe.query_async::<Vec<Value>>(&mut c)
                 .await
                 .map_err(map_err)
@@ -896,7 +1006,7 @@ impl RedisStore {
             p
         };
         let all: Vec<usize> = (0..calls.len()).collect();
-        let mut out = self.query_w(&build(&all), weight).await?;
+        let mut out = self.query_with(&build(&all), weight, true).await?;
         let missing: Vec<usize> = all
             .iter()
             .copied()
@@ -923,7 +1033,7 @@ impl RedisStore {
             if !seen.is_empty() {
                 self.query(&load).await?;
             }
-            let again = self.query_w(&build(&missing), weight).await?;
+            let again = self.query_with(&build(&missing), weight, true).await?;
             for (i, v) in missing.into_iter().zip(again) {
                 out[i] = v;
             }

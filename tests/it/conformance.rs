@@ -14,18 +14,20 @@ use herald::store::{
     NewNotification, RedisStore, Store,
 };
 
-use crate::harness::RedisServer;
+use crate::harness::{RedisCluster, RedisServer};
 
 /// A store under test, with whatever keeps it alive.
 pub struct Subject {
     pub store: Arc<dyn Store>,
     pub redis: Option<RedisServer>,
+    pub cluster: Option<RedisCluster>,
 }
 
 pub fn memory() -> Subject {
     Subject {
         store: Arc::new(MemoryStore::default()),
         redis: None,
+        cluster: None,
     }
 }
 
@@ -43,6 +45,29 @@ pub async fn redis_with(shards: u16) -> Subject {
     Subject {
         store: Arc::new(store),
         redis: Some(server),
+        cluster: None,
+    }
+}
+
+/// The Redis store on a three-node Redis Cluster, with 8 shards spread over the nodes.
+pub async fn redis_cluster() -> Subject {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let cfg = RedisConfig {
+        url: Some(urls[0].clone()),
+        cluster: true,
+        cluster_nodes: urls[1..].to_vec(),
+        shards: 8,
+        command_timeout: HumanDuration(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let store = RedisStore::connect(&cfg)
+        .await
+        .expect("connect to the test cluster");
+    Subject {
+        store: Arc::new(store),
+        redis: None,
+        cluster: Some(cluster),
     }
 }
 
@@ -1029,6 +1054,9 @@ macro_rules! both {
         mod redis_store {
             $(#[tokio::test] async fn $name() { super::$name(super::redis().await).await })*
         }
+        mod redis_cluster_store {
+            $(#[tokio::test] async fn $name() { super::$name(super::redis_cluster().await).await })*
+        }
     };
 }
 
@@ -1157,6 +1185,48 @@ async fn redis_redrive_persists_the_record_and_keeps_dead_letters_of_gone_ones()
         .map(|d| d.id)
         .collect();
     assert_eq!(left, vec![ids[1].clone()]);
+}
+
+/// Redis Cluster: the shards' keys live on every node (each shard wholly on one), and a call
+/// over every shard (campaign counts, queue depth) adds them up across the nodes.
+#[tokio::test]
+async fn redis_cluster_spreads_shards_over_the_nodes() {
+    let s = redis_cluster().await;
+    let st = &*s.store;
+    let cluster = s.cluster.as_ref().expect("cluster");
+    let batch: Vec<NewNotification> = (0..st.shards())
+        .flat_map(|shard| (0..5).map(move |_| shard))
+        .map(|shard| {
+            let mut x = note(st, vec![Channel::Webhook]);
+            x.id = make_id(shard);
+            x.campaign_id = "spread".into();
+            new(x)
+        })
+        .collect();
+    let made = st.enqueue(batch).await.expect("enqueue");
+    assert_eq!(made.len(), 40);
+    for shard in 0..st.shards() {
+        let keys = format!("herald:{{{shard}}}:*");
+        let holder = cluster.node_for(&format!("herald:{{{shard}}}:x"));
+        for node in &cluster.nodes {
+            let here = node.cmd(&["KEYS", &keys]);
+            if std::ptr::eq(node, holder) {
+                assert_ne!(here, "", "shard {shard} is on its slot's node");
+            } else {
+                assert_eq!(here, "", "shard {shard} is on one node only");
+            }
+        }
+    }
+    for node in &cluster.nodes {
+        assert_ne!(
+            node.cmd(&["KEYS", "herald:{*}:*"]),
+            "",
+            "every node holds a shard"
+        );
+    }
+    let c = st.campaign("spread").await.expect("campaign");
+    assert_eq!(c.total, 40);
+    assert_eq!(in_lanes(st).await, 40);
 }
 
 /// Redis only: instances heartbeat into one set; the count every instance divides the

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use herald::proto;
 use tonic::Code;
 
-use crate::harness::{RedisServer, Reply, Sink};
+use crate::harness::{RedisCluster, RedisServer, Reply, Sink};
 use crate::support::*;
 
 async fn setup() -> (RedisServer, Sink, Herald) {
@@ -930,4 +930,100 @@ async fn a_storm_of_failures_opens_the_circuit_and_a_probe_closes_it() {
     for id in &ids {
         h.wait_status(id, DELIVERED, Duration::from_secs(15)).await;
     }
+}
+
+/// The whole path on a three-node Redis Cluster: a batch spread over every shard is
+/// delivered once each, its campaign counts add up across the nodes, receipts stream from
+/// every shard, and a single send with an idempotency key is answered once.
+#[tokio::test]
+async fn on_redis_cluster_a_campaign_is_delivered_and_counted() {
+    let cluster = RedisCluster::start();
+    let sink = Sink::start().await;
+    let urls = cluster.urls();
+    let mut cfg = test_config(Some(urls[0].clone()));
+    cfg.redis.cluster = true;
+    cfg.redis.cluster_nodes = urls[1..].to_vec();
+    cfg.redis.shards = 8;
+    let h = Herald::start(cfg).await;
+    let url = sink.url("/cluster");
+    let items: Vec<_> = (0..500)
+        .map(|i| {
+            let mut r = webhook_request(&url, &format!("message {i}"));
+            r.campaign_id = "clustered".into();
+            r
+        })
+        .collect();
+    let resp = h
+        .client()
+        .send_batch(proto::SendBatchRequest { items })
+        .await
+        .expect("batch")
+        .into_inner();
+    assert!(resp
+        .results
+        .iter()
+        .all(|r| matches!(r.result, Some(proto::send_batch_result::Result::Ok(_)))));
+    let mut once = webhook_request(&url, "once");
+    once.idempotency_key = "cluster-1".into();
+    let a = h
+        .client()
+        .send(once.clone())
+        .await
+        .expect("send")
+        .into_inner();
+    let b = h.client().send(once).await.expect("again").into_inner();
+    assert_eq!(a.notification_id, b.notification_id);
+    assert!(b.duplicate);
+    assert!(
+        sink.wait_for_count(501, Duration::from_secs(30)).await,
+        "only {} arrived",
+        sink.count()
+    );
+    let mut seen = std::collections::HashSet::new();
+    for r in sink.requests() {
+        assert!(seen.insert(r.header("webhook-id").unwrap_or_default().to_string()));
+    }
+    for node in &cluster.nodes {
+        assert_ne!(
+            node.cmd(&["KEYS", "herald:{*}:*"]),
+            "",
+            "every node holds a shard"
+        );
+    }
+    let counted = crate::harness::eventually(Duration::from_secs(10), || async {
+        let c = h
+            .client()
+            .get_campaign(proto::GetCampaignRequest {
+                campaign_id: "clustered".into(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        (c.total == 500 && c.by_status.get("STATUS_DELIVERED") == Some(&500)).then_some(c)
+    })
+    .await;
+    assert!(counted.is_some(), "the campaign's counts did not add up");
+    let mut watch = h
+        .client()
+        .watch_receipts(proto::WatchReceiptsRequest {
+            campaign_id: "clustered".into(),
+            from_start: true,
+            statuses: vec![DELIVERED],
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut delivered = std::collections::HashSet::new();
+    let all = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(rc)) = watch.next().await {
+            delivered.insert(rc.notification_id);
+            if delivered.len() == 500 {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(all, Ok(true), "{} DELIVERED receipts", delivered.len());
 }

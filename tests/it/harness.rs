@@ -100,6 +100,12 @@ impl RedisServer {
     ///
     /// Panics if `redis-server` is not installed or does not come up.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisServer::start`] with extra `redis-server` arguments (`extra(port)` gives them
+    /// for the port the server will have).
+    fn start_with(extra: &[&str]) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("herald-redis-")
             .tempdir()
@@ -113,7 +119,7 @@ impl RedisServer {
                     break p;
                 }
             };
-            let mut child = spawn_redis(port, dir.path());
+            let mut child = spawn_redis(port, dir.path(), extra);
             match wait_ready(&mut child, port, dir.path(), REDIS_READY_TIMEOUT) {
                 Ok(()) => {
                     return RedisServer {
@@ -176,7 +182,7 @@ impl RedisServer {
 
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let mut child = spawn_redis(self.port, self.dir.path());
+            let mut child = spawn_redis(self.port, self.dir.path(), &[]);
             match wait_ready(&mut child, self.port, self.dir.path(), REDIS_READY_TIMEOUT) {
                 Ok(()) => {
                     self.child = Some(child);
@@ -238,8 +244,86 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis Cluster of three primaries (no replicas), each a [`RedisServer`] on free loopback
+/// ports (its cluster bus on another free port), the 16,384 slots split evenly. Dropping it
+/// stops every node.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled nodes, assigns slots, joins them, and waits (up to 20 s)
+    /// until every node reports `cluster_state:ok` and knows the other two.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let bus = free_port().to_string();
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--cluster-port",
+                    &bus,
+                ])
+            })
+            .collect();
+        let ranges = [("0", "5460"), ("5461", "10922"), ("10923", "16383")];
+        for (node, (from, to)) in nodes.iter().zip(ranges) {
+            let r = node.cmd(&["CLUSTER", "ADDSLOTSRANGE", from, to]);
+            assert_eq!(r, "OK", "CLUSTER ADDSLOTSRANGE {from} {to}");
+        }
+        for other in &nodes[1..] {
+            let port = other.port().to_string();
+            let bus = other
+                .cmd(&["CONFIG", "GET", "cluster-port"])
+                .lines()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            let r = nodes[0].cmd(&["CLUSTER", "MEET", "127.0.0.1", &port, &bus]);
+            assert_eq!(r, "OK", "CLUSTER MEET {port} {bus}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = nodes.iter().all(|n| {
+                let info = n.cmd(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            });
+            if ready {
+                return RedisCluster { nodes };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not form: {}",
+                nodes[0].cmd(&["CLUSTER", "INFO"])
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every node's `redis://` URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The node that holds `key`'s slot (by asking any node).
+    pub fn node_for(&self, key: &str) -> &RedisServer {
+        let slot = self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]);
+        let slot: u16 = slot.trim().parse().expect("slot number");
+        let i = match slot {
+            0..=5460 => 0,
+            5461..=10922 => 1,
+            _ => 2,
+        };
+        &self.nodes[i]
+    }
+}
+
 /// Spawns `redis-server`; panics with install instructions if the binary is missing.
-fn spawn_redis(port: u16, dir: &Path) -> Child {
+fn spawn_redis(port: u16, dir: &Path, extra: &[&str]) -> Child {
     let log: PathBuf = dir.join("redis.log");
     let spawned = Command::new("redis-server")
         .arg("--port")
@@ -252,6 +336,7 @@ fn spawn_redis(port: u16, dir: &Path) -> Child {
         .args(["--protected-mode", "no"])
         .arg("--logfile")
         .arg(&log)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
