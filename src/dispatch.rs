@@ -446,6 +446,14 @@ impl Dispatcher {
                 Outcome::Retry { .. } | Outcome::Misconfigured { .. }
             ),
         );
+        if let Some(p) = delivery
+            .meta
+            .get(crate::channels::USAGE_PERCENT)
+            .and_then(|v| v.parse::<u8>().ok())
+        {
+            telemetry::platform_usage(channel, p);
+            self.limits.usage(channel, p);
+        }
         match outcome {
             Outcome::Misconfigured { detail } => {
                 self.hold(channel, self.cfg.auth_pause.0, "misconfigured");

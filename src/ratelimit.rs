@@ -4,7 +4,8 @@
 //! remembers 90% of the rate it happened at as the platform's real limit: the rate climbs back
 //! quickly (5% of the ceiling per second) to that limit, then only slowly (0.5% per second)
 //! above it, so a platform that lowered its limit without saying so is met just below it with
-//! a rare probe. The rate now is a gauge.
+//! a rare probe. A platform that reports its quota used (Graph's usage headers) holds the
+//! rate down in step from 75% used. The rate now is a gauge.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -19,6 +20,8 @@ use crate::model::Channel;
 
 /// Lowest rate adaptation goes to, as a share of the ceiling.
 const FLOOR_SHARE: f64 = 0.02;
+/// From this share of its quota used (as the platform reports it) a channel slows down.
+pub const USAGE_SLOW_FROM: u8 = 75;
 /// Two decreases are at least this far apart: one storm of 429s is one signal.
 const DECREASE_GAP: Duration = Duration::from_millis(500);
 
@@ -244,6 +247,30 @@ impl Limits {
         b.last_update = now;
     }
 
+    /// The platform says `percent` of its quota is used (Graph's usage headers, over its own
+    /// window): from [`USAGE_SLOW_FROM`] on, the rate is held at most to a share of the
+    /// ceiling that falls linearly to the floor at 100%, so sends slow down before the wall
+    /// instead of at it; where the rate was (90% of it) is remembered as throttling's is, and
+    /// climbed back to as usage falls.
+    pub fn usage(&self, channel: Channel, percent: u8) {
+        if percent < USAGE_SLOW_FROM {
+            return;
+        }
+        let Ok(mut all) = self.buckets.lock() else {
+            return;
+        };
+        let Some(b) = all.get_mut(&channel) else {
+            return;
+        };
+        let left = f64::from(100 - percent.min(100)) / f64::from(100 - USAGE_SLOW_FROM);
+        let cap = b.ceiling * left.max(FLOOR_SHARE);
+        if b.current > cap {
+            b.safe = b.safe.min((b.current * 0.9).max(cap));
+            b.current = cap;
+            b.last_update = Instant::now();
+        }
+    }
+
     /// The global rate `channel` runs at now (None: no rate set).
     pub fn current(&self, channel: Channel) -> Option<f64> {
         self.buckets.lock().ok()?.get(&channel).map(|b| b.current)
@@ -285,6 +312,29 @@ mod tests {
             l.throttled(Channel::Messenger);
         }
         assert!(l.current(Channel::Messenger).expect("rate") >= 50.0 * FLOOR_SHARE);
+    }
+
+    #[test]
+    fn reported_usage_holds_the_rate_down_in_step_from_75_percent() {
+        let l = Limits::new();
+        let ch = Channel::Messenger;
+        l.limiter(ch, Some(200.0), None).expect("limiter");
+        let now = |l: &Limits| l.current(ch).expect("rate");
+        l.usage(ch, 50);
+        l.usage(ch, 75);
+        assert_eq!(now(&l), 200.0, "below the threshold nothing changes");
+        l.usage(ch, 90);
+        assert!((now(&l) - 80.0).abs() < 1e-9, "{}", now(&l));
+        // A lower reading later does not raise it (recovery does, with time).
+        l.usage(ch, 80);
+        assert!((now(&l) - 80.0).abs() < 1e-9, "{}", now(&l));
+        l.usage(ch, 100);
+        assert_eq!(now(&l), 200.0 * FLOOR_SHARE);
+        l.usage(ch, 250);
+        assert_eq!(now(&l), 200.0 * FLOOR_SHARE, "past 100 is 100");
+        // No rate set: nothing to slow.
+        l.usage(Channel::Sms, 99);
+        assert_eq!(l.current(Channel::Sms), None);
     }
 
     #[tokio::test]

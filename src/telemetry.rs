@@ -27,6 +27,7 @@ pub const REROUTED: &str = "herald_rerouted_total";
 /// send them before another worker could take them over.
 pub const REQUEUED: &str = "herald_requeued_total";
 pub const RATE: &str = "herald_rate_limit_per_second";
+const PLATFORM_USAGE: &str = "herald_platform_usage_percent";
 pub const CIRCUIT: &str = "herald_circuit_open";
 pub const COST: &str = "herald_cost_micros_total";
 pub const CHANNEL_HELD: &str = "herald_channel_held";
@@ -157,6 +158,11 @@ pub fn circuit(channel: Channel, state: &'static str) {
 /// This instance's share of a channel's rate, after adaptation.
 pub fn rate(channel: Channel, per_second: f64) {
     metrics::gauge!(RATE, "channel" => channel.name()).set(per_second);
+}
+
+/// The share of its quota a platform says is used (Graph's usage headers).
+pub fn platform_usage(channel: Channel, percent: u8) {
+    metrics::gauge!(PLATFORM_USAGE, "channel" => channel.name()).set(f64::from(percent));
 }
 
 pub fn requeued(channel: Channel) {

@@ -63,6 +63,10 @@ pub struct Knobs {
     pub rate_limit_per_sec: Option<u32>,
     /// While true every request gets the platform's outage answer (5xx / 421).
     pub outage: bool,
+    /// Graph only (Messenger): calls the app may make in a rolling hour. Every answer then
+    /// reports the share used in `X-App-Usage` (`call_count`, percent), and at 100% requests
+    /// get error 4, "Application request limit reached". None: usage stays at 1%.
+    pub app_calls_per_hour: Option<u32>,
 }
 
 /// Configuration of a mock run.
@@ -182,6 +186,8 @@ struct PlatformState {
     forced: VecDeque<String>,
     by_address: HashMap<String, String>,
     window: VecDeque<Instant>,
+    /// Calls in the last hour, for `app_calls_per_hour`.
+    hour: VecDeque<Instant>,
 }
 
 /// The shared state of a running mock.
@@ -244,6 +250,20 @@ impl Mock {
         if let Some(code) = s.by_address.get(address) {
             return Gate::Error(code.clone());
         }
+        if let Some(budget) = s.knobs.app_calls_per_hour {
+            let now = Instant::now();
+            while s
+                .hour
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(3600))
+            {
+                s.hour.pop_front();
+            }
+            if s.hour.len() as u32 >= budget {
+                return Gate::Error("4".into());
+            }
+            s.hour.push_back(now);
+        }
         if let Some(limit) = s.knobs.rate_limit_per_sec {
             let now = Instant::now();
             while s
@@ -272,6 +292,16 @@ impl Mock {
             }
         }
         Gate::Pass
+    }
+
+    /// The percentage of `platform`'s hourly app budget used (`app_calls_per_hour`); None
+    /// without a budget.
+    pub fn app_usage_percent(&self, platform: &str) -> Option<u32> {
+        let all = lock(&self.platforms);
+        let s = all.get(platform)?;
+        let budget = s.knobs.app_calls_per_hour?.max(1);
+        let used = u32::try_from(s.hour.len()).unwrap_or(u32::MAX);
+        Some((used.saturating_mul(100) / budget).min(100))
     }
 
     pub fn set_knobs(&self, platform: &str, knobs: Knobs) {

@@ -234,11 +234,11 @@ pub(crate) async fn handle_send(
         at: SystemTime::now(),
     });
     let mut res = (status, Json(answer)).into_response();
-    if status.is_success() {
-        // Graph reports how much of the app's budget is used.
-        if let Ok(v) = r#"{"call_count":1,"total_cputime":1,"total_time":1}"#.parse() {
-            res.headers_mut().insert("x-app-usage", v);
-        }
+    // Graph reports on every answer how much of the app's budget is used.
+    let used = mock.app_usage_percent(PLATFORM).unwrap_or(1);
+    let usage = format!(r#"{{"call_count":{used},"total_cputime":1,"total_time":1}}"#);
+    if let Ok(v) = usage.parse() {
+        res.headers_mut().insert("x-app-usage", v);
     }
     res
 }
@@ -550,6 +550,33 @@ mod tests {
         assert!(error_response("10/2018278").1["error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("outside of allowed window")));
+    }
+
+    #[tokio::test]
+    async fn app_usage_counts_the_hour_and_the_wall_answers_error_4() {
+        let mut config = MockConfig::default();
+        config.knobs.insert(
+            PLATFORM.into(),
+            crate::Knobs {
+                app_calls_per_hour: Some(4),
+                ..Default::default()
+            },
+        );
+        let mock = crate::Mock::new(config);
+        assert_eq!(mock.app_usage_percent(PLATFORM), Some(0));
+        for used in [25, 50, 75, 100] {
+            assert!(matches!(mock.gate(PLATFORM, "42").await, crate::Gate::Pass));
+            assert_eq!(mock.app_usage_percent(PLATFORM), Some(used));
+        }
+        match mock.gate(PLATFORM, "42").await {
+            crate::Gate::Error(code) => assert_eq!(code, "4"),
+            _ => panic!("past the budget"),
+        }
+        assert_eq!(mock.app_usage_percent(PLATFORM), Some(100));
+        assert_eq!(
+            crate::Mock::new(MockConfig::default()).app_usage_percent(PLATFORM),
+            None
+        );
     }
 
     fn valid(messaging_type: &str) -> Value {

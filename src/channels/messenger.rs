@@ -419,7 +419,7 @@ impl Channel for Messenger {
                 let status = r.status().as_u16();
                 let after = retry_after(r.headers());
                 if let Some(p) = usage_percent(r.headers()) {
-                    meta.insert("usage_percent".to_string(), p.to_string());
+                    meta.insert(super::USAGE_PERCENT.to_string(), p.to_string());
                 }
                 match r.bytes().await {
                     Ok(body) => classify(status, &body, after),

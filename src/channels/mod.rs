@@ -52,6 +52,11 @@ pub struct SendContext<'a> {
     pub now: Millis,
 }
 
+/// `Delivery::meta` key of the share (percent) of the platform's quota used, when the
+/// platform says (Graph's `X-App-Usage`, `X-Page-Usage`, `X-Business-Use-Case-Usage`): the
+/// dispatcher slows the channel down from [`crate::ratelimit::USAGE_SLOW_FROM`] on.
+pub const USAGE_PERCENT: &str = "usage_percent";
+
 /// A channel's verdict on one notification, with what it learnt about addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {

@@ -989,3 +989,94 @@ async fn a_dry_run_predicts_what_a_budget_and_a_cap_would_hold_back() {
     assert_eq!(impact.rerouted, 0, "{impact:?}");
     assert_eq!(impact.cost_delta_micros, -4 * 10_000, "{impact:?}");
 }
+
+/// Graph reports how much of the app's hourly call budget is used (`X-App-Usage`): from 75%
+/// on, Messenger's rate comes down in step, before the platform's wall (error 4) rather than
+/// at it.
+#[tokio::test]
+async fn graph_usage_headers_slow_messenger_before_the_wall() {
+    let mut mc = MockConfig::default();
+    mc.knobs.insert(
+        "messenger".into(),
+        herald_mock::Knobs {
+            app_calls_per_hour: Some(200),
+            ..Default::default()
+        },
+    );
+    let s = stack(mc, |cfg, mock| {
+        cfg.channels.messenger = mock_channels(mock).messenger;
+    })
+    .await;
+    let mut a = admin(&s.herald).await;
+    apply(
+        &mut a,
+        "[channels.messenger]\nrate = { per_second = 100, burst = 1, scope = \"page\" }\n",
+    )
+    .await;
+    let status = |a: &mut AdminClient<Grpc>| {
+        let mut a = a.clone();
+        async move {
+            a.get_channel_status(proto::GetChannelStatusRequest {
+                channel: proto::Channel::Messenger as i32,
+            })
+            .await
+            .expect("channel status")
+            .into_inner()
+            .channels
+            .remove(0)
+            .rate_per_second
+        }
+    };
+    // Well under the budget: the policy's rate.
+    s.herald
+        .client()
+        .send_batch(proto::SendBatchRequest {
+            items: messenger_batch("u1", 20),
+        })
+        .await
+        .expect("batch");
+    let first = crate::harness::eventually(Duration::from_secs(10), || async {
+        (s.mock.mock.accepted("messenger").len() >= 20).then_some(())
+    })
+    .await;
+    assert!(first.is_some());
+    let before = status(&mut a).await;
+    assert!(before > 90.0, "rate at 10% usage: {before}");
+    // To 95% of the budget: the rate is a fifth of the ceiling or less.
+    s.herald
+        .client()
+        .send_batch(proto::SendBatchRequest {
+            items: messenger_batch("u2", 170),
+        })
+        .await
+        .expect("batch");
+    let near = crate::harness::eventually(Duration::from_secs(30), || async {
+        (s.mock.mock.accepted("messenger").len() >= 190).then_some(())
+    })
+    .await;
+    assert!(
+        near.is_some(),
+        "only {} sent",
+        s.mock.mock.accepted("messenger").len()
+    );
+    let after = status(&mut a).await;
+    assert!(after < 40.0, "rate at 95% usage: {after} (was {before})");
+    // No request met the wall on the way.
+    assert_eq!(
+        s.mock.mock.ledger("messenger").len(),
+        190,
+        "no refused request"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", s.herald.http_url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let usage = metrics
+        .lines()
+        .find(|l| l.starts_with("herald_platform_usage_percent{channel=\"messenger\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(usage.is_some_and(|u| u >= 90.0), "{usage:?}");
+}
