@@ -459,22 +459,34 @@ pub async fn dead_letters(action: DeadLetterAction, conn: Conn) -> anyhow::Resul
     let mut c = admin(&conn).await?;
     match action {
         DeadLetterAction::List { channel, limit } => {
-            let list = c
-                .list_dead_letters(proto::ListDeadLettersRequest {
-                    channel: channel_number(&channel)?,
-                    limit,
-                    page_token: String::new(),
-                })
-                .await
-                .map_err(describe)?
-                .into_inner();
+            // Page by page (at most 1,000 each) until `limit` are printed or none are left.
             println!("notification_id\tat\terror_code\terror_message");
-            for d in list.dead_letters {
-                let at = fmt_ts(&d.at);
-                println!(
-                    "{}\t{}\t{}\t{}",
-                    d.notification_id, at, d.error_code, d.error_message
-                );
+            let mut left = limit;
+            let mut page_token = String::new();
+            while left > 0 {
+                let list = c
+                    .list_dead_letters(proto::ListDeadLettersRequest {
+                        channel: channel_number(&channel)?,
+                        limit: left.min(1000),
+                        page_token,
+                    })
+                    .await
+                    .map_err(describe)?
+                    .into_inner();
+                for d in &list.dead_letters {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        d.notification_id,
+                        fmt_ts(&d.at),
+                        d.error_code,
+                        d.error_message
+                    );
+                }
+                left = left.saturating_sub(list.dead_letters.len() as u32);
+                if list.next_page_token.is_empty() || list.dead_letters.is_empty() {
+                    break;
+                }
+                page_token = list.next_page_token;
             }
         }
         DeadLetterAction::Redrive { channel, ids } => {

@@ -48,6 +48,8 @@ impl From<StoreError> for IngestError {
         match e {
             StoreError::Unavailable(m) => IngestError::Unavailable(m),
             StoreError::Internal(m) => IngestError::Internal(m),
+            // Callers that take tokens name their own field; reaching here is a bug.
+            StoreError::BadCursor(t) => IngestError::Internal(format!("unexpected token {t:?}")),
         }
     }
 }

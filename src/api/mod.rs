@@ -678,13 +678,20 @@ impl proto::admin_server::Admin for AdminService {
             0 => 100,
             n => n.min(1000) as usize,
         };
+        let page = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
         let list = self
             .store
-            .dead_letters(channel, limit)
+            .dead_letters(channel, limit, page)
             .await
-            .map_err(store_status)?;
+            .map_err(|e| match e {
+                StoreError::BadCursor(_) => {
+                    invalid("page_token", "is not a page token this server gave out")
+                }
+                other => store_status(other),
+            })?;
         Ok(Response::new(proto::ListDeadLettersResponse {
             dead_letters: list
+                .letters
                 .into_iter()
                 .map(|d| proto::DeadLetter {
                     notification_id: d.id,
@@ -695,7 +702,7 @@ impl proto::admin_server::Admin for AdminService {
                     at: convert::ms_to_ts(d.at),
                 })
                 .collect(),
-            next_page_token: String::new(),
+            next_page_token: list.next.unwrap_or_default(),
         }))
     }
 

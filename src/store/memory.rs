@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use super::{
     receipt_for, CampaignStats, CancelOutcome, CancelTarget, Claimed, Completion, DeadLetter,
-    Disposition, Enqueued, EntryRef, NewNotification, NotificationView, QueueDepth, QueueSignal,
-    ReceiptPage, Redriven, Store, StoreError,
+    DeadLetterPage, Disposition, Enqueued, EntryRef, NewNotification, NotificationView, QueueDepth,
+    QueueSignal, ReceiptPage, Redriven, Store, StoreError,
 };
 use crate::model::{
     AttemptRecord, Channel, ContactChange, ContactKey, ContactState, Millis, Notification,
@@ -53,7 +53,9 @@ struct Inner {
     receipt_seq: u64,
     campaigns: HashMap<String, CampaignStats>,
     canceled_campaigns: HashSet<String>,
-    dead: HashMap<Channel, VecDeque<DeadLetter>>,
+    /// Oldest first, each with its number in `dead_seq` (page tokens name it).
+    dead: HashMap<Channel, VecDeque<(u64, DeadLetter)>>,
+    dead_seq: u64,
     provider_ids: HashMap<(Channel, String), String>,
     /// Receipts that arrived before their send was finished.
     pending_receipts: HashMap<(Channel, String), Vec<ProviderReceipt>>,
@@ -526,14 +528,19 @@ impl Store for MemoryStore {
                     } => {
                         g.set_status(&c.id, Status::Failed, None);
                         if dead_letter {
-                            g.dead.entry(c.channel).or_default().push_back(DeadLetter {
-                                id: c.id.clone(),
-                                channel: c.channel,
-                                class: Some(class),
-                                code: code.clone(),
-                                message,
-                                at: now,
-                            });
+                            g.dead_seq += 1;
+                            let seq = g.dead_seq;
+                            g.dead.entry(c.channel).or_default().push_back((
+                                seq,
+                                DeadLetter {
+                                    id: c.id.clone(),
+                                    channel: c.channel,
+                                    class: Some(class),
+                                    code: code.clone(),
+                                    message,
+                                    at: now,
+                                },
+                            ));
                         }
                         if let Some(mut r) = g.receipt(&c.id, Status::Failed) {
                             r.at = now;
@@ -731,12 +738,35 @@ impl Store for MemoryStore {
         &self,
         channel: Channel,
         limit: usize,
-    ) -> Result<Vec<DeadLetter>, StoreError> {
+        page: Option<&str>,
+    ) -> Result<DeadLetterPage, StoreError> {
+        let before = match page {
+            None => u64::MAX,
+            Some(t) => t
+                .strip_prefix("m")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| StoreError::BadCursor(t.to_string()))?,
+        };
         let g = self.lock()?;
-        Ok(g.dead
+        let letters: Vec<(u64, DeadLetter)> = g
+            .dead
             .get(&channel)
-            .map(|d| d.iter().rev().take(limit).cloned().collect())
-            .unwrap_or_default())
+            .map(|d| {
+                d.iter()
+                    .rev()
+                    .filter(|(seq, _)| *seq < before)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let next = (letters.len() == limit)
+            .then(|| letters.last().map(|(seq, _)| format!("m{seq}")))
+            .flatten();
+        Ok(DeadLetterPage {
+            letters: letters.into_iter().map(|(_, d)| d).collect(),
+            next,
+        })
     }
 
     async fn redrive_dead_letters(
@@ -751,14 +781,14 @@ impl Store for MemoryStore {
             let max = self.max_receipts;
             let list = g.dead.remove(&channel).unwrap_or_default();
             let mut keep = VecDeque::with_capacity(list.len());
-            for d in list {
+            for (seq, d) in list {
                 if !ids.is_empty() && !ids.contains(&d.id) {
-                    keep.push_back(d);
+                    keep.push_back((seq, d));
                     continue;
                 }
                 let Some(rec) = g.records.get_mut(&d.id) else {
                     out.gone += 1;
-                    keep.push_back(d);
+                    keep.push_back((seq, d));
                     continue;
                 };
                 if rec.status != Status::Failed || rec.channel() != Some(channel) {

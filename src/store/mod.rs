@@ -44,6 +44,9 @@ pub enum StoreError {
     /// A bug or corrupt data.
     #[error("store error: {0}")]
     Internal(String),
+    /// A page token or cursor this store did not give out.
+    #[error("not a token this store gave out: {0:?}")]
+    BadCursor(String),
 }
 
 /// Idempotency: the tenant-scoped key and a fingerprint of the request it first came with.
@@ -215,6 +218,14 @@ pub struct DeadLetter {
     pub at: Millis,
 }
 
+/// One page of dead letters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterPage {
+    pub letters: Vec<DeadLetter>,
+    /// Where the next page starts; None when this was the last.
+    pub next: Option<String>,
+}
+
 /// What a redrive did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Redriven {
@@ -289,11 +300,15 @@ pub trait Store: Send + Sync + 'static {
 
     async fn campaign(&self, campaign_id: &str) -> Result<CampaignStats, StoreError>;
 
+    /// A channel's dead letters, newest first: up to `limit` after `page` (a token an earlier
+    /// page gave; None: from the newest), and the token of the next page when there may be
+    /// one. A token this store did not give is `StoreError::BadCursor`.
     async fn dead_letters(
         &self,
         channel: Channel,
         limit: usize,
-    ) -> Result<Vec<DeadLetter>, StoreError>;
+        page: Option<&str>,
+    ) -> Result<DeadLetterPage, StoreError>;
 
     /// Sends dead letters of `channel` again (`ids`, or all of them when empty): a notification
     /// still FAILED on that channel is QUEUED on it again with that channel's attempts at 0, a

@@ -12,9 +12,9 @@ use redis::{
 };
 
 use super::{
-    CampaignStats, CancelOutcome, CancelTarget, Claimed, Completion, DeadLetter, Disposition,
-    Enqueued, EntryRef, NewNotification, NotificationView, QueueDepth, QueueSignal, ReceiptPage,
-    Redriven, Store, StoreError,
+    CampaignStats, CancelOutcome, CancelTarget, Claimed, Completion, DeadLetter, DeadLetterPage,
+    Disposition, Enqueued, EntryRef, NewNotification, NotificationView, QueueDepth, QueueSignal,
+    ReceiptPage, Redriven, Store, StoreError,
 };
 use crate::config::RedisConfig;
 use crate::model::{
@@ -1135,6 +1135,12 @@ impl RedisStore {
     }
 }
 
+/// A stream entry id `<ms>-<seq>` as numbers, for ordering.
+fn stream_id(eid: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = eid.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
 fn arg(s: impl ToString) -> Vec<u8> {
     s.to_string().into_bytes()
 }
@@ -2027,35 +2033,65 @@ impl Store for RedisStore {
         &self,
         channel: Channel,
         limit: usize,
-    ) -> Result<Vec<DeadLetter>, StoreError> {
+        page: Option<&str>,
+    ) -> Result<DeadLetterPage, StoreError> {
+        // Newest first across shards: by stream entry id, then shard, both descending. A
+        // page token is the last letter's `<entry id>.<shard>`: the next page is what comes
+        // after it in that order (on shards before its own, its entry id itself included).
+        let after = match page {
+            None => None,
+            Some(t) => {
+                let bad = || StoreError::BadCursor(t.to_string());
+                let (eid, shard) = t.rsplit_once('.').ok_or_else(bad)?;
+                let shard: u16 = shard.parse().map_err(|_| bad())?;
+                stream_id(eid).ok_or_else(bad)?;
+                Some((eid.to_string(), shard))
+            }
+        };
         let mut p = redis::pipe();
         for s in 0..self.shards {
+            let end = match &after {
+                None => "+".to_string(),
+                Some((eid, shard)) if s < *shard => eid.clone(),
+                Some((eid, _)) => format!("({eid}"),
+            };
             p.cmd("XREVRANGE")
                 .arg(format!("{}dead:{}", prefix(s), channel.name()))
-                .arg("+")
+                .arg(end)
                 .arg("-")
                 .arg("COUNT")
                 .arg(limit);
         }
-        let mut out = Vec::new();
-        for v in self.query(&p).await? {
+        let mut all = Vec::new();
+        for (s, v) in (0..self.shards).zip(self.query(&p).await?) {
             let rows: Vec<(String, Value)> = parse(v)?;
-            for (_, f) in rows {
+            for (eid, f) in rows {
                 let f = pairs(f);
                 let g = |k: &str| f.get(k).map(text).unwrap_or_default();
-                out.push(DeadLetter {
-                    id: g("id"),
-                    channel,
-                    class: g("ec").parse().ok().and_then(ErrorClass::from_number),
-                    code: g("code"),
-                    message: g("msg"),
-                    at: g("at").parse().unwrap_or(0),
-                });
+                let order = (stream_id(&eid).unwrap_or_default(), s);
+                all.push((
+                    order,
+                    eid,
+                    DeadLetter {
+                        id: g("id"),
+                        channel,
+                        class: g("ec").parse().ok().and_then(ErrorClass::from_number),
+                        code: g("code"),
+                        message: g("msg"),
+                        at: g("at").parse().unwrap_or(0),
+                    },
+                ));
             }
         }
-        out.sort_by_key(|d| std::cmp::Reverse(d.at));
-        out.truncate(limit);
-        Ok(out)
+        all.sort_by_key(|x| std::cmp::Reverse(x.0));
+        all.truncate(limit);
+        let next = (all.len() == limit)
+            .then(|| all.last().map(|((_, s), eid, _)| format!("{eid}.{s}")))
+            .flatten();
+        Ok(DeadLetterPage {
+            letters: all.into_iter().map(|(_, _, d)| d).collect(),
+            next,
+        })
     }
 
     async fn redrive_dead_letters(

@@ -341,9 +341,10 @@ pub async fn failure_and_dead_letters(s: Subject) {
     finish_one(st, Channel::Webhook, shard, &c, fail).await;
     assert_eq!(status(st, &id).await, Status::Failed);
     let dl = st
-        .dead_letters(Channel::Webhook, 10)
+        .dead_letters(Channel::Webhook, 10, None)
         .await
-        .expect("dead letters");
+        .expect("dead letters")
+        .letters;
     assert_eq!(dl.len(), 1);
     assert_eq!(dl[0].id, id);
     assert_eq!(dl[0].code, "http_500");
@@ -353,9 +354,10 @@ pub async fn failure_and_dead_letters(s: Subject) {
 /// The ids of the webhook channel's dead letters, sorted.
 async fn dead_ids(st: &dyn Store) -> Vec<String> {
     let mut v: Vec<String> = st
-        .dead_letters(Channel::Webhook, 100)
+        .dead_letters(Channel::Webhook, 100, None)
         .await
         .expect("dead letters")
+        .letters
         .into_iter()
         .map(|d| d.id)
         .collect();
@@ -385,6 +387,48 @@ async fn fail_to_dead_letters(st: &dyn Store, n: usize) -> Vec<String> {
         assert_eq!(status(st, id).await, Status::Failed);
     }
     ids
+}
+
+/// Dead letters page newest first across shards: every one once, none skipped, and a token
+/// the store did not give is refused.
+pub async fn dead_letters_page_newest_first(s: Subject) {
+    let st = &*s.store;
+    let mut ids = Vec::new();
+    for _ in 0..7 {
+        // One at a time and milliseconds apart, so they are made in a known order (shards'
+        // streams number their entries by the millisecond).
+        ids.extend(fail_to_dead_letters(st, 1).await);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let mut seen = Vec::new();
+    let mut page: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let p = st
+            .dead_letters(Channel::Webhook, 3, page.as_deref())
+            .await
+            .expect("page");
+        pages += 1;
+        assert!(p.letters.len() <= 3);
+        seen.extend(p.letters.into_iter().map(|d| d.id));
+        match p.next {
+            Some(t) => page = Some(t),
+            None => break,
+        }
+        assert!(pages < 10, "pages do not end");
+    }
+    assert_eq!(pages, 3);
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(seen, newest_first);
+    let e = st
+        .dead_letters(Channel::Webhook, 3, Some("nonsense"))
+        .await
+        .expect_err("bad token");
+    assert!(
+        matches!(e, herald::store::StoreError::BadCursor(_)),
+        "{e:?}"
+    );
 }
 
 /// Redriven dead letters are queued on their channel again with its attempts at 0 and a
@@ -1130,6 +1174,7 @@ both!(
     scheduling_and_promotion,
     retry_then_fallback,
     failure_and_dead_letters,
+    dead_letters_page_newest_first,
     redrive_dead_letters,
     cancel_before_and_after_sending,
     cancel_campaign,
@@ -1178,9 +1223,10 @@ async fn redis_redrive_persists_the_record_and_keeps_dead_letters_of_gone_ones()
     assert_eq!(out.gone, 1);
     assert_eq!(server.cmd(&["PTTL", &key(&ids[0])]).trim(), "-1");
     let left: Vec<String> = st
-        .dead_letters(Channel::Webhook, 10)
+        .dead_letters(Channel::Webhook, 10, None)
         .await
         .expect("dead letters")
+        .letters
         .into_iter()
         .map(|d| d.id)
         .collect();
@@ -1227,6 +1273,42 @@ async fn redis_cluster_spreads_shards_over_the_nodes() {
     let c = st.campaign("spread").await.expect("campaign");
     assert_eq!(c.total, 40);
     assert_eq!(in_lanes(st).await, 40);
+}
+
+/// Redis only: dead letters of different shards with the same entry id (the same
+/// millisecond) page in a fixed order, each exactly once, whatever the page size.
+#[tokio::test]
+async fn redis_dead_letter_pages_break_ties_between_shards() {
+    let s = redis().await;
+    let st = &*s.store;
+    let server = s.redis.as_ref().expect("redis");
+    let add = |shard: u16, eid: &str, id: &str| {
+        let key = format!("herald:{{{shard}}}:dead:webhook");
+        let r = server.cmd(&["XADD", &key, eid, "id", id, "code", "x", "at", "1"]);
+        assert_eq!(r, eid);
+    };
+    add(0, "1000-0", "a");
+    add(1, "1000-0", "b");
+    add(2, "1000-0", "c");
+    add(3, "999-5", "d");
+    add(1, "1000-1", "e");
+    for size in 1..=5 {
+        let mut seen = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let p = st
+                .dead_letters(Channel::Webhook, size, page.as_deref())
+                .await
+                .expect("page");
+            seen.extend(p.letters.into_iter().map(|d| d.id));
+            match p.next {
+                Some(t) => page = Some(t),
+                None => break,
+            }
+            assert!(seen.len() <= 10, "pages do not end");
+        }
+        assert_eq!(seen, ["e", "c", "b", "a", "d"], "pages of {size}");
+    }
 }
 
 /// Redis only: instances heartbeat into one set; the count every instance divides the

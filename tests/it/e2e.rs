@@ -343,6 +343,16 @@ async fn dead_letters_after_max_attempts() {
     assert_eq!(dl.dead_letters[0].notification_id, r.notification_id);
     assert_eq!(dl.dead_letters[0].error_code, "http_500");
 
+    let e = admin
+        .list_dead_letters(proto::ListDeadLettersRequest {
+            channel: proto::Channel::Webhook as i32,
+            limit: 10,
+            page_token: "not-a-token".into(),
+        })
+        .await
+        .expect_err("bad token");
+    assert_eq!(violated_fields(&e), ["page_token"]);
+
     // Bad ids and a missing channel are refused, naming the field; nothing moves.
     let e = admin
         .redrive_dead_letters(proto::RedriveDeadLettersRequest {
