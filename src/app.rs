@@ -240,7 +240,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 enabled.clone(),
                 default_route(&cfg, &enabled),
             )
-            .https_webhooks_only(!cfg.channels.webhook.allow_http),
+            .https_webhooks_only(!cfg.channels.webhook.allow_http)
+            .write_timeout(cfg.redis.command_timeout.0),
         );
         let listener = TcpListener::bind(&cfg.server.grpc_listen)
             .await

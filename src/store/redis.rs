@@ -1130,6 +1130,56 @@ impl RedisStore {
         Ok(())
     }
 
+    /// On one Redis (not a cluster, where a call stays in one slot), the per-shard enqueue
+    /// calls of a small write become one: each shard's items after the first follow an `s`
+    /// marker and their shard's prefix (enqueue.lua). A call's fixed cost in Redis (the FCALL,
+    /// the first item's setup) was most of a one-item enqueue, and unary sends written
+    /// together (ingest's coalescer) fall on a shard each. Calls are merged only up to
+    /// `MERGED_ITEMS` items, so no one call keeps Redis from HIGH work for longer than a
+    /// batch's per-shard call did.
+    fn merge_small_enqueues<'a>(
+        &self,
+        calls: Vec<ScriptCall<'a>>,
+        order: Vec<Vec<usize>>,
+    ) -> (Vec<ScriptCall<'a>>, Vec<Vec<usize>>) {
+        const MERGED_ITEMS: usize = 64;
+        /// Arguments before the items: now, receipts cap, retention, idempotency TTL, content
+        /// TTL.
+        const HEAD: usize = 5;
+        if calls.len() < 2 || matches!(self.conn, Conn::Cluster(_)) {
+            return (calls, order);
+        }
+        let mut out_calls: Vec<ScriptCall<'a>> = Vec::with_capacity(calls.len());
+        let mut out_order: Vec<Vec<usize>> = Vec::with_capacity(order.len());
+        for ((code, key, args), idx) in calls.into_iter().zip(order) {
+            if let (Some((_, _, merged)), Some(into)) = (out_calls.last_mut(), out_order.last_mut())
+            {
+                if into.len() + idx.len() <= MERGED_ITEMS
+                    && args.len() >= HEAD
+                    && merged.len() >= HEAD
+                {
+                    // The content TTL covers the latest-due item of either.
+                    let ttl = |a: &[Vec<u8>]| {
+                        std::str::from_utf8(&a[HEAD - 1])
+                            .ok()
+                            .and_then(|t| t.parse::<i64>().ok())
+                            .unwrap_or(0)
+                    };
+                    let cttl = ttl(merged).max(ttl(&args));
+                    merged[HEAD - 1] = arg(cttl);
+                    merged.push(b"s".to_vec());
+                    merged.push(key);
+                    merged.extend(args.into_iter().skip(HEAD));
+                    into.extend(idx);
+                    continue;
+                }
+            }
+            out_calls.push((code, key, args));
+            out_order.push(idx);
+        }
+        (out_calls, out_order)
+    }
+
     fn shard_for(&self, id: &str) -> Option<u16> {
         shard_of(id).filter(|s| *s < self.shards)
     }
@@ -1395,6 +1445,7 @@ impl Store for RedisStore {
             calls.push((&self.scripts.enqueue, prefix(shard).into_bytes(), args));
             order.push(idx);
         }
+        let (calls, order) = self.merge_small_enqueues(calls, order);
         // Weight 1: a caller waits on it, and how much a caller sends at once is bounded by
         // its own requests in flight; the gate is for the dispatch drain's batch scripts.
         let replies = self.run(calls).await?;

@@ -1275,6 +1275,94 @@ async fn redis_cluster_spreads_shards_over_the_nodes() {
     assert_eq!(in_lanes(st).await, 40);
 }
 
+/// Redis only: a small write over several shards is one function call (its items follow
+/// their shard's marker), and each item still lands in its own shard: record, queue entry,
+/// idempotency key and campaign counters.
+#[tokio::test]
+async fn redis_small_writes_over_several_shards_are_one_call() {
+    let s = redis().await;
+    let st = &*s.store;
+    let server = s.redis.as_ref().expect("redis");
+    let mut batch = Vec::new();
+    for i in 0..12u16 {
+        let mut x = note(st, vec![Channel::Webhook]);
+        let shard = i % 4;
+        x.id = make_id(shard);
+        x.campaign_id = "merged".into();
+        // Contents of their own: no run of like ones to pack into a bucket.
+        x.content.body = format!("hello {i}");
+        let mut item = new(x);
+        if i < 4 {
+            item.idem = Some(IdemKey {
+                key: format!("t:k{i}"),
+                fingerprint: "fp".into(),
+            });
+        }
+        batch.push(item);
+    }
+    // A repeat of item 1's key, on its shard, later in the same call.
+    let mut again = batch[1].clone();
+    again.notification.id = make_id(1);
+    batch.push(again);
+    server.cmd(&["CONFIG", "RESETSTAT"]);
+    let made = st.enqueue(batch.clone()).await.expect("enqueue");
+    let stats = server.cmd(&["INFO", "commandstats"]);
+    let fcalls = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_fcall:"))
+        .and_then(|l| l.split(['=', ',']).nth(1))
+        .and_then(|n| n.parse::<u32>().ok());
+    assert_eq!(fcalls, Some(1), "{stats}");
+    for (i, e) in made.iter().take(12).enumerate() {
+        assert_eq!(
+            *e,
+            Enqueued::Created {
+                id: batch[i].notification.id.clone(),
+                status: Status::Queued
+            }
+        );
+    }
+    assert_eq!(
+        made[12],
+        Enqueued::Duplicate {
+            id: batch[1].notification.id.clone(),
+            status: Status::Queued
+        }
+    );
+    for shard in 0..4u16 {
+        let p = format!("herald:{{{shard}}}:");
+        assert_eq!(server.cmd(&["KEYS", &format!("{p}n:*")]).lines().count(), 3);
+        let lanes = server.cmd(&["KEYS", &format!("{p}ready:webhook:*")]);
+        let queued: u64 = lanes
+            .lines()
+            .map(|k| {
+                server
+                    .cmd(&["XLEN", k])
+                    .trim()
+                    .parse::<u64>()
+                    .expect("xlen")
+            })
+            .sum();
+        assert_eq!(queued, 3, "shard {shard}'s queue");
+        assert_eq!(
+            server
+                .cmd(&["HGET", &format!("{p}camp:merged"), "s3"])
+                .trim(),
+            "3"
+        );
+        assert_eq!(
+            server
+                .cmd(&["EXISTS", &format!("{p}idem:t:k{shard}")])
+                .trim(),
+            "1",
+            "shard {shard}'s key"
+        );
+    }
+    let c = st.campaign("merged").await.expect("campaign");
+    assert_eq!(c.total, 12);
+    assert_eq!(c.by_status.get(&Status::Queued), Some(&12));
+}
+
 /// Redis only: dead letters of different shards with the same entry id (the same
 /// millisecond) page in a fixed order, each exactly once, whatever the page size.
 #[tokio::test]

@@ -7,7 +7,9 @@
 --   share: first channel, priority, expire_at, campaign, labels blob, shared content hash,
 --   content blob; then per notification id, record blob, due and, for 'r', idem key and
 --   fingerprint. What a run shares is passed once, and its records go into the bucket in one
---   HSET: most of a SendBatch or SendStream call's work in Redis is then per run, not per item.
+--   HSET: most of a SendBatch or SendStream call's work in Redis is then per run, not per item;
+-- * 's' and a shard prefix: the items after it are that shard's (a call over several shards,
+--   on one Redis only).
 -- Fields with their default value (0, '') are not written: readers treat absent as default,
 -- and small records stay in Redis's compact hash encoding.
 -- An item is created SCHEDULED when due is after now, QUEUED otherwise; the caller knows
@@ -136,6 +138,13 @@ local i = 6
 while i <= #ARGV do
   if ARGV[i] == 'r' or ARGV[i] == 'q' then
     i = run(i)
+  elseif ARGV[i] == 's' then
+    -- The items after it are of shard prefix ARGV[i + 1] (one Redis, never a cluster: see
+    -- merge_small_enqueues in redis.rs). What this shard counted is written first.
+    flush_counts()
+    P = ARGV[i + 1]
+    READY = {}
+    i = i + 2
   else
     item = item + 1
     local id, idem, fp, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
