@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--lua", default=ROOT, help="the Lua to load (default: src/store/lua)")
     ap.add_argument("--batch", type=int, default=64,
                     help="notifications per call (64, a dispatch batch; 1, a unary Send)")
+    ap.add_argument("--idem", action="store_true",
+                    help="every notification carries an idempotency key, as the unary load test's Sends do")
     ap.add_argument("--instructions", action="store_true",
                     help="run redis-server under valgrind's callgrind and print the instructions "
                          "each phase executes per notification: exact and repeatable on a noisy "
@@ -84,7 +86,7 @@ def main():
             except redis.ConnectionError:
                 time.sleep(0.05)
         meter = Instructions(srv.pid, d) if a.instructions else Microseconds(r)
-        run(r, a.rounds, library(a.lua, a.without), a.without != "receipt_xadd", meter)
+        run(r, a.rounds, library(a.lua, a.without), a.without != "receipt_xadd", meter, a.idem)
     finally:
         srv.terminate()
         srv.wait()
@@ -131,7 +133,7 @@ class Instructions:
         return self.dump()
 
 
-def run(r, n_rounds, code, check, meter):
+def run(r, n_rounds, code, check, meter, idem=False):
     r.function_load(code, replace=True)
     key = "herald:{0}:"
     common = [1796202324337, 1000000, 604800000]
@@ -146,7 +148,8 @@ def run(r, n_rounds, code, check, meter):
             args = common + [86400000, 1209600000]
             for i, id_ in enumerate(ids[n]):
                 labels = b"\x82\xa2lg\xa3e2e\xa2t0\xb0" + str(1796202324333225 + i).encode()
-                args += [id_, "", "", blob, "webhook", "2", "0", "0", "lg-e2e", labels,
+                key_fp = [f"t:{id_}", "5be1f0c2a4d9e3b7"] if idem else ["", ""]
+                args += [id_, *key_fp, blob, "webhook", "2", "0", "0", "lg-e2e", labels,
                          "30a5f288968fc7c617edbf80", content if i == 0 else ""]
             r.fcall("cost_enqueue", 1, key, *args)
 

@@ -1357,6 +1357,17 @@ async fn redis_small_writes_over_several_shards_are_one_call() {
             "1",
             "shard {shard}'s key"
         );
+        // Claimed with its expiry (24 h by default) and holding the first id, not the repeat's.
+        let idem = format!("{p}idem:t:k{shard}");
+        let ttl: i64 = server.cmd(&["PTTL", &idem]).trim().parse().expect("pttl");
+        assert!(
+            ttl > 23 * 3600 * 1000 && ttl <= 24 * 3600 * 1000,
+            "ttl {ttl}"
+        );
+        assert_eq!(
+            server.cmd(&["GET", &idem]).trim(),
+            format!("{}|fp", batch[shard as usize].notification.id)
+        );
     }
     let c = st.campaign("merged").await.expect("campaign");
     assert_eq!(c.total, 12);
