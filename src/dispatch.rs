@@ -242,7 +242,7 @@ impl Dispatcher {
         loop {
             match self
                 .store
-                .finish(channel, shard, consumer, done.clone(), now_ms())
+                .finish(channel, shard, consumer, &done, now_ms())
                 .await
             {
                 Ok(_) => break,

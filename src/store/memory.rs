@@ -393,7 +393,7 @@ impl Store for MemoryStore {
         channel: Channel,
         _shard: u16,
         consumer: &str,
-        done: Vec<Completion>,
+        done: &[Completion],
         now: Millis,
     ) -> Result<usize, StoreError> {
         let mut woken = HashSet::new();
@@ -401,7 +401,8 @@ impl Store for MemoryStore {
         {
             let mut g = self.lock()?;
             let g = &mut *g;
-            for c in done {
+            // The memory store keeps what it is given (attempts, counters): its own copies.
+            for c in done.iter().cloned() {
                 let Ok(seq) = c.entry.entry_id.parse::<u64>() else {
                     continue;
                 };

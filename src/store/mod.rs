@@ -276,7 +276,7 @@ pub trait Store: Send + Sync + 'static {
         channel: Channel,
         shard: u16,
         consumer: &str,
-        done: Vec<Completion>,
+        done: &[Completion],
         now: Millis,
     ) -> Result<usize, StoreError>;
 

@@ -1542,7 +1542,7 @@ impl Store for RedisStore {
         channel: Channel,
         shard: u16,
         consumer: &str,
-        done: Vec<Completion>,
+        done: &[Completion],
         now: Millis,
     ) -> Result<usize, StoreError> {
         if done.is_empty() {
@@ -1556,7 +1556,7 @@ impl Store for RedisStore {
         // (key, Some(id) = a send time to add | None = spend to add, micros)
         let mut tallies: Vec<(String, Option<String>, i64)> = Vec::new();
         let mut woken = Vec::new();
-        for c in &done {
+        for c in done {
             let att = c
                 .attempt
                 .as_ref()

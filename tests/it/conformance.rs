@@ -169,15 +169,9 @@ async fn finish_as(
     c: &Claimed,
     d: Disposition,
 ) -> usize {
-    st.finish(
-        channel,
-        shard,
-        consumer,
-        vec![done(c, channel, d)],
-        now_ms(),
-    )
-    .await
-    .expect("finish")
+    st.finish(channel, shard, consumer, &[done(c, channel, d)], now_ms())
+        .await
+        .expect("finish")
 }
 
 fn sent(status: Status) -> Disposition {
@@ -214,7 +208,7 @@ pub async fn claim_send_finish(s: Subject) {
             Channel::Webhook,
             *shard,
             "w1",
-            vec![done(c, Channel::Webhook, sent(Status::Sent))],
+            &[done(c, Channel::Webhook, sent(Status::Sent))],
             now_ms(),
         )
         .await
@@ -625,7 +619,7 @@ pub async fn receipts_move_forward_only(s: Subject) {
         Channel::Sandbox,
         shard,
         "w",
-        vec![done(&c, Channel::Sandbox, sent(Status::Sent))],
+        &[done(&c, Channel::Sandbox, sent(Status::Sent))],
         now_ms(),
     )
     .await
@@ -669,7 +663,7 @@ pub async fn receipt_cursor_resumes_exactly(s: Subject) {
             Channel::Webhook,
             shard,
             "w",
-            vec![done(&c, Channel::Webhook, sent(Status::Delivered))],
+            &[done(&c, Channel::Webhook, sent(Status::Delivered))],
             now_ms(),
         )
         .await
@@ -1130,7 +1124,7 @@ async fn finish_sent<'a>(st: &dyn Store, entries: impl IntoIterator<Item = &'a C
         .into_iter()
         .map(|c| done(c, Channel::Webhook, sent(Status::Sent)))
         .collect();
-    st.finish(Channel::Webhook, 0, "w", batch, now_ms())
+    st.finish(Channel::Webhook, 0, "w", &batch, now_ms())
         .await
         .expect("finish")
 }
@@ -1779,7 +1773,7 @@ async fn redis_history_lives_in_the_record() {
     }
     let batch = vec![retry, done(&got[1].1, Channel::Webhook, sent(Status::Sent))];
     let applied = st
-        .finish(Channel::Webhook, 0, "w", batch, now_ms())
+        .finish(Channel::Webhook, 0, "w", &batch, now_ms())
         .await
         .expect("finish");
     assert_eq!(applied, 2);
