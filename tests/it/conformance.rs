@@ -1269,6 +1269,54 @@ async fn redis_cluster_spreads_shards_over_the_nodes() {
     assert_eq!(in_lanes(st).await, 40);
 }
 
+/// Redis Cluster: a shard's slot moved to another node (a resharding, done with Herald idle
+/// between calls) is found there. The first calls after it are answered MOVED and sent
+/// again to the new node; what was queued and what was being sent (the consumer group's
+/// pending entries) moved with the keys, and every notification is finished and counted once.
+#[tokio::test]
+async fn redis_cluster_a_resharded_shard_is_served_by_its_new_node() {
+    let s = redis_cluster().await;
+    let st = &*s.store;
+    let cluster = s.cluster.as_ref().expect("cluster");
+    queue_on_shard0(st, 50).await;
+    let first = claim_w(st, 20).await;
+    assert_eq!(first.len(), 20);
+    let key = "herald:{0}:x";
+    let to = (cluster.holder_of(key) + 1) % cluster.nodes.len();
+    let from = cluster.move_slot(key, to);
+    assert_eq!(
+        cluster.nodes[from].cmd(&["KEYS", "herald:{0}:*"]),
+        "",
+        "nothing of shard 0 is left on its old node"
+    );
+    assert_ne!(cluster.nodes[to].cmd(&["KEYS", "herald:{0}:*"]), "");
+    // Being sent before the move: finished after it.
+    assert_eq!(finish_sent(st, &first).await, 20);
+    let rest = claim_w(st, 100).await;
+    assert_eq!(
+        rest.len(),
+        30,
+        "the 30 not yet claimed moved with the stream"
+    );
+    assert_eq!(finish_sent(st, &rest).await, 30);
+    // New work for the shard goes to the new node.
+    queue_on_shard0(st, 5).await;
+    assert_eq!(cluster.nodes[from].cmd(&["KEYS", "herald:{0}:*"]), "");
+    assert_eq!(in_lanes(st).await, 5);
+    let mut ids: Vec<&str> = first
+        .iter()
+        .chain(&rest)
+        .map(|c| c.notification.id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 50, "each notification claimed once");
+    for id in ids {
+        let v = st.get(id).await.expect("get").expect("record");
+        assert_eq!(v.status, Status::Sent, "{id}");
+    }
+}
+
 /// Redis only: a small write over several shards is one function call (its items follow
 /// their shard's marker), and each item still lands in its own shard: record, queue entry,
 /// idempotency key and campaign counters.

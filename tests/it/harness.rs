@@ -309,16 +309,75 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
+    /// Moves `key`'s slot, and every key in it, from the node that holds it to node `to`, the
+    /// way `redis-cli --cluster reshard` does: IMPORTING and MIGRATING, `MIGRATE` of the keys
+    /// in bunches, then `SETSLOT … NODE` on every node. Returns the index of the node it left.
+    pub fn move_slot(&self, key: &str, to: usize) -> usize {
+        let slot = self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]);
+        let slot = slot.trim();
+        let from = self.holder(slot.parse().expect("slot number"));
+        assert_ne!(from, to, "the slot is on node {to} already");
+        let id = |i: usize| self.nodes[i].cmd(&["CLUSTER", "MYID"]).trim().to_string();
+        let (from_id, to_id) = (id(from), id(to));
+        let r = self.nodes[to].cmd(&["CLUSTER", "SETSLOT", slot, "IMPORTING", &from_id]);
+        assert_eq!(r, "OK", "SETSLOT IMPORTING");
+        let r = self.nodes[from].cmd(&["CLUSTER", "SETSLOT", slot, "MIGRATING", &to_id]);
+        assert_eq!(r, "OK", "SETSLOT MIGRATING");
+        let port = self.nodes[to].port().to_string();
+        loop {
+            let keys = self.nodes[from].cmd(&["CLUSTER", "GETKEYSINSLOT", slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "10000", "KEYS"];
+            args.extend(keys);
+            let r = self.nodes[from].cmd(&args);
+            assert_eq!(r, "OK", "MIGRATE");
+        }
+        for n in [to, from]
+            .into_iter()
+            .chain((0..self.nodes.len()).filter(|&i| i != to && i != from))
+        {
+            let r = self.nodes[n].cmd(&["CLUSTER", "SETSLOT", slot, "NODE", &to_id]);
+            assert_eq!(r, "OK", "SETSLOT NODE on node {n}");
+        }
+        from
+    }
+
+    /// The index of the node that serves `slot`, as node 0's `CLUSTER NODES` tells it.
+    fn holder(&self, slot: u16) -> usize {
+        let nodes = self.nodes[0].cmd(&["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let Some(addr) = f.get(1) else { continue };
+            let serves = f.iter().skip(8).any(|r| {
+                let mut ends = r.split('-').map(|n| n.parse::<u16>());
+                match (ends.next(), ends.next()) {
+                    (Some(Ok(a)), Some(Ok(b))) => (a..=b).contains(&slot),
+                    (Some(Ok(a)), None) => a == slot,
+                    _ => false,
+                }
+            });
+            if serves {
+                let port = addr.split(['@', ':']).nth(1).unwrap_or_default();
+                if let Some(i) = self.nodes.iter().position(|n| n.port().to_string() == port) {
+                    return i;
+                }
+            }
+        }
+        panic!("no node serves slot {slot}: {nodes}");
+    }
+
     /// The node that holds `key`'s slot (by asking any node).
     pub fn node_for(&self, key: &str) -> &RedisServer {
+        &self.nodes[self.holder_of(key)]
+    }
+
+    /// The index of the node that holds `key`'s slot.
+    pub fn holder_of(&self, key: &str) -> usize {
         let slot = self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]);
-        let slot: u16 = slot.trim().parse().expect("slot number");
-        let i = match slot {
-            0..=5460 => 0,
-            5461..=10922 => 1,
-            _ => 2,
-        };
-        &self.nodes[i]
+        self.holder(slot.trim().parse().expect("slot number"))
     }
 }
 
