@@ -1317,6 +1317,50 @@ async fn redis_cluster_a_resharded_shard_is_served_by_its_new_node() {
     }
 }
 
+/// Redis Cluster: after a failover (a replica of shard 0's primary promoted by a manual
+/// `CLUSTER FAILOVER`, the way a primary is taken out for maintenance), Herald follows the
+/// shard to the promoted node: its queue, the entries being sent and the function library
+/// came with the replication, and nothing is lost or done twice.
+#[tokio::test]
+async fn redis_cluster_a_failover_is_followed_to_the_promoted_replica() {
+    let mut s = redis_cluster().await;
+    let st = s.store.clone();
+    let st = &*st;
+    queue_on_shard0(st, 30).await;
+    let first = claim_w(st, 10).await;
+    assert_eq!(first.len(), 10);
+    let cluster = s.cluster.as_mut().expect("cluster");
+    let key = "herald:{0}:x";
+    let primary = cluster.holder_of(key);
+    let replica = cluster.add_replica(primary);
+    cluster.fail_over_to(replica);
+    assert_eq!(
+        cluster.holder_of(key),
+        replica,
+        "the replica serves the slot"
+    );
+    assert!(cluster.nodes[primary].cmd(&["ROLE"]).starts_with("slave"));
+    // Being sent before the failover: finished after it, on the new primary.
+    assert_eq!(finish_sent(st, &first).await, 10);
+    let rest = claim_w(st, 100).await;
+    assert_eq!(
+        rest.len(),
+        20,
+        "the 20 not yet claimed are on the new primary"
+    );
+    assert_eq!(finish_sent(st, &rest).await, 20);
+    queue_on_shard0(st, 5).await;
+    assert_eq!(in_lanes(st).await, 5);
+    for c in first.iter().chain(&rest) {
+        let v = st
+            .get(&c.notification.id)
+            .await
+            .expect("get")
+            .expect("record");
+        assert_eq!(v.status, Status::Sent);
+    }
+}
+
 /// Redis only: a small write over several shards is one function call (its items follow
 /// their shard's marker), and each item still lands in its own shard: record, queue entry,
 /// idempotency key and campaign counters.

@@ -255,21 +255,7 @@ impl RedisCluster {
     /// Starts three cluster-enabled nodes, assigns slots, joins them, and waits (up to 20 s)
     /// until every node reports `cluster_state:ok` and knows the other two.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                let bus = free_port().to_string();
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "5000",
-                    "--cluster-port",
-                    &bus,
-                ])
-            })
-            .collect();
+        let nodes: Vec<RedisServer> = (0..3).map(|_| Self::node()).collect();
         let ranges = [("0", "5460"), ("5461", "10922"), ("10923", "16383")];
         for (node, (from, to)) in nodes.iter().zip(ranges) {
             let r = node.cmd(&["CLUSTER", "ADDSLOTSRANGE", from, to]);
@@ -300,6 +286,79 @@ impl RedisCluster {
                 "the cluster did not form: {}",
                 nodes[0].cmd(&["CLUSTER", "INFO"])
             );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A cluster-enabled `redis-server`, its bus on a free port of its own.
+    fn node() -> RedisServer {
+        let bus = free_port().to_string();
+        RedisServer::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "5000",
+            "--cluster-port",
+            &bus,
+        ])
+    }
+
+    /// Starts a node, joins it to the cluster as a replica of node `of`, and waits (up to
+    /// 20 s) until it has the primary's data; returns its index.
+    pub fn add_replica(&mut self, of: usize) -> usize {
+        let node = Self::node();
+        let bus = node
+            .cmd(&["CONFIG", "GET", "cluster-port"])
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let port = node.port().to_string();
+        let r = self.nodes[0].cmd(&["CLUSTER", "MEET", "127.0.0.1", &port, &bus]);
+        assert_eq!(r, "OK", "CLUSTER MEET {port} {bus}");
+        let primary = self.nodes[of].cmd(&["CLUSTER", "MYID"]).trim().to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // It can follow a primary only once it knows it.
+        while !node.cmd(&["CLUSTER", "NODES"]).contains(&primary) {
+            assert!(
+                Instant::now() < deadline,
+                "the new node never met the cluster"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let r = node.cmd(&["CLUSTER", "REPLICATE", &primary]);
+        assert_eq!(r, "OK", "CLUSTER REPLICATE");
+        while !node
+            .cmd(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "the replica never synced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Promotes replica `i` with a manual failover (`CLUSTER FAILOVER`: the primary stops
+    /// taking writes, the replica catches up, then takes over; nothing acknowledged is lost)
+    /// and waits (up to 20 s) until every node sees it serve the slots.
+    pub fn fail_over_to(&self, i: usize) {
+        let r = self.nodes[i].cmd(&["CLUSTER", "FAILOVER"]);
+        assert_eq!(r, "OK", "CLUSTER FAILOVER");
+        let me = format!("127.0.0.1:{}", self.nodes[i].port());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let promoted = self.nodes.iter().all(|n| {
+                n.cmd(&["CLUSTER", "NODES"]).lines().any(|l| {
+                    l.contains(&me) && l.contains("master") && l.split_whitespace().count() > 8
+                })
+            });
+            if promoted && self.nodes[i].cmd(&["ROLE"]).starts_with("master") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the failover did not complete");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
