@@ -262,15 +262,7 @@ impl RedisCluster {
             assert_eq!(r, "OK", "CLUSTER ADDSLOTSRANGE {from} {to}");
         }
         for other in &nodes[1..] {
-            let port = other.port().to_string();
-            let bus = other
-                .cmd(&["CONFIG", "GET", "cluster-port"])
-                .lines()
-                .nth(1)
-                .unwrap_or_default()
-                .to_string();
-            let r = nodes[0].cmd(&["CLUSTER", "MEET", "127.0.0.1", &port, &bus]);
-            assert_eq!(r, "OK", "CLUSTER MEET {port} {bus}");
+            Self::meet(&nodes[0], other);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -305,19 +297,24 @@ impl RedisCluster {
         ])
     }
 
-    /// Starts a node, joins it to the cluster as a replica of node `of`, and waits (up to
-    /// 20 s) until it has the primary's data; returns its index.
-    pub fn add_replica(&mut self, of: usize) -> usize {
-        let node = Self::node();
-        let bus = node
+    /// Introduces `other` to the cluster through `member` (its port and bus port).
+    fn meet(member: &RedisServer, other: &RedisServer) {
+        let port = other.port().to_string();
+        let bus = other
             .cmd(&["CONFIG", "GET", "cluster-port"])
             .lines()
             .nth(1)
             .unwrap_or_default()
             .to_string();
-        let port = node.port().to_string();
-        let r = self.nodes[0].cmd(&["CLUSTER", "MEET", "127.0.0.1", &port, &bus]);
+        let r = member.cmd(&["CLUSTER", "MEET", "127.0.0.1", &port, &bus]);
         assert_eq!(r, "OK", "CLUSTER MEET {port} {bus}");
+    }
+
+    /// Starts a node, joins it to the cluster as a replica of node `of`, and waits (up to
+    /// 20 s) until it has the primary's data; returns its index.
+    pub fn add_replica(&mut self, of: usize) -> usize {
+        let node = Self::node();
+        Self::meet(&self.nodes[0], &node);
         let primary = self.nodes[of].cmd(&["CLUSTER", "MYID"]).trim().to_string();
         let deadline = Instant::now() + Duration::from_secs(20);
         // It can follow a primary only once it knows it.
