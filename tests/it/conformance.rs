@@ -1290,19 +1290,23 @@ async fn redis_cluster_a_resharded_shard_is_served_by_its_new_node() {
         "nothing of shard 0 is left on its old node"
     );
     assert_ne!(cluster.nodes[to].cmd(&["KEYS", "herald:{0}:*"]), "");
-    // Being sent before the move: finished after it.
-    assert_eq!(finish_sent(st, &first).await, 20);
-    let rest = claim_w(st, 100).await;
+    shard0_carries_on(st, &first, 30).await;
+    // The new work went to the new node.
+    assert_eq!(cluster.nodes[from].cmd(&["KEYS", "herald:{0}:*"]), "");
+}
+
+/// After shard 0 moved to another node (resharding, failover), with `first` claimed by "w"
+/// before the move and `waiting` not yet claimed: `first` finishes, the rest is claimed and
+/// finished, each notification once and all of them Sent, and new work queues on the shard.
+async fn shard0_carries_on(st: &dyn Store, first: &[Claimed], waiting: usize) {
+    assert_eq!(finish_sent(st, first).await, first.len());
+    let rest = claim_w(st, waiting + 100).await;
     assert_eq!(
         rest.len(),
-        30,
-        "the 30 not yet claimed moved with the stream"
+        waiting,
+        "what was not yet claimed moved with the stream"
     );
-    assert_eq!(finish_sent(st, &rest).await, 30);
-    // New work for the shard goes to the new node.
-    queue_on_shard0(st, 5).await;
-    assert_eq!(cluster.nodes[from].cmd(&["KEYS", "herald:{0}:*"]), "");
-    assert_eq!(in_lanes(st).await, 5);
+    assert_eq!(finish_sent(st, &rest).await, waiting);
     let mut ids: Vec<&str> = first
         .iter()
         .chain(&rest)
@@ -1310,11 +1314,17 @@ async fn redis_cluster_a_resharded_shard_is_served_by_its_new_node() {
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), 50, "each notification claimed once");
+    assert_eq!(
+        ids.len(),
+        first.len() + waiting,
+        "each notification claimed once"
+    );
     for id in ids {
         let v = st.get(id).await.expect("get").expect("record");
         assert_eq!(v.status, Status::Sent, "{id}");
     }
+    queue_on_shard0(st, 5).await;
+    assert_eq!(in_lanes(st).await, 5);
 }
 
 /// Redis Cluster: after a failover (a replica of shard 0's primary promoted by a manual
@@ -1333,32 +1343,14 @@ async fn redis_cluster_a_failover_is_followed_to_the_promoted_replica() {
     let key = "herald:{0}:x";
     let primary = cluster.holder_of(key);
     let replica = cluster.add_replica(primary);
-    cluster.fail_over_to(replica);
+    cluster.fail_over_to(replica, key);
     assert_eq!(
         cluster.holder_of(key),
         replica,
         "the replica serves the slot"
     );
     assert!(cluster.nodes[primary].cmd(&["ROLE"]).starts_with("slave"));
-    // Being sent before the failover: finished after it, on the new primary.
-    assert_eq!(finish_sent(st, &first).await, 10);
-    let rest = claim_w(st, 100).await;
-    assert_eq!(
-        rest.len(),
-        20,
-        "the 20 not yet claimed are on the new primary"
-    );
-    assert_eq!(finish_sent(st, &rest).await, 20);
-    queue_on_shard0(st, 5).await;
-    assert_eq!(in_lanes(st).await, 5);
-    for c in first.iter().chain(&rest) {
-        let v = st
-            .get(&c.notification.id)
-            .await
-            .expect("get")
-            .expect("record");
-        assert_eq!(v.status, Status::Sent);
-    }
+    shard0_carries_on(st, &first, 20).await;
 }
 
 /// Redis only: a small write over several shards is one function call (its items follow

@@ -264,22 +264,13 @@ impl RedisCluster {
         for other in &nodes[1..] {
             Self::meet(&nodes[0], other);
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = nodes.iter().all(|n| {
+        wait_for("the cluster to form", || {
+            nodes.iter().all(|n| {
                 let info = n.cmd(&["CLUSTER", "INFO"]);
                 info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
-            });
-            if ready {
-                return RedisCluster { nodes };
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not form: {}",
-                nodes[0].cmd(&["CLUSTER", "INFO"])
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            })
+        });
+        RedisCluster { nodes }
     }
 
     /// A cluster-enabled `redis-server`, its bus on a free port of its own.
@@ -316,48 +307,34 @@ impl RedisCluster {
         let node = Self::node();
         Self::meet(&self.nodes[0], &node);
         let primary = self.nodes[of].cmd(&["CLUSTER", "MYID"]).trim().to_string();
-        let deadline = Instant::now() + Duration::from_secs(20);
         // It can follow a primary only once it knows it.
-        while !node.cmd(&["CLUSTER", "NODES"]).contains(&primary) {
-            assert!(
-                Instant::now() < deadline,
-                "the new node never met the cluster"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for("the new node to meet the cluster", || {
+            node.cmd(&["CLUSTER", "NODES"]).contains(&primary)
+        });
         let r = node.cmd(&["CLUSTER", "REPLICATE", &primary]);
         assert_eq!(r, "OK", "CLUSTER REPLICATE");
-        while !node
-            .cmd(&["INFO", "replication"])
-            .contains("master_link_status:up")
-        {
-            assert!(Instant::now() < deadline, "the replica never synced");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for("the replica to sync", || {
+            node.cmd(&["INFO", "replication"])
+                .contains("master_link_status:up")
+        });
         self.nodes.push(node);
         self.nodes.len() - 1
     }
 
     /// Promotes replica `i` with a manual failover (`CLUSTER FAILOVER`: the primary stops
     /// taking writes, the replica catches up, then takes over; nothing acknowledged is lost)
-    /// and waits (up to 20 s) until every node sees it serve the slots.
-    pub fn fail_over_to(&self, i: usize) {
+    /// and waits (up to 20 s) until every node sees it serve `key`'s slot.
+    pub fn fail_over_to(&self, i: usize, key: &str) {
         let r = self.nodes[i].cmd(&["CLUSTER", "FAILOVER"]);
         assert_eq!(r, "OK", "CLUSTER FAILOVER");
-        let me = format!("127.0.0.1:{}", self.nodes[i].port());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let promoted = self.nodes.iter().all(|n| {
-                n.cmd(&["CLUSTER", "NODES"]).lines().any(|l| {
-                    l.contains(&me) && l.contains("master") && l.split_whitespace().count() > 8
-                })
-            });
-            if promoted && self.nodes[i].cmd(&["ROLE"]).starts_with("master") {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the failover did not complete");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let slot = self.slot_of(key);
+        wait_for("the failover", || {
+            self.nodes[i].cmd(&["ROLE"]).starts_with("master")
+                && self
+                    .nodes
+                    .iter()
+                    .all(|n| self.holder_seen_by(n, slot) == Some(i))
+        });
     }
 
     /// Every node's `redis://` URL.
@@ -369,10 +346,10 @@ impl RedisCluster {
     /// way `redis-cli --cluster reshard` does: IMPORTING and MIGRATING, `MIGRATE` of the keys
     /// in bunches, then `SETSLOT … NODE` on every node. Returns the index of the node it left.
     pub fn move_slot(&self, key: &str, to: usize) -> usize {
-        let slot = self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]);
-        let slot = slot.trim();
-        let from = self.holder(slot.parse().expect("slot number"));
+        let from = self.holder_of(key);
         assert_ne!(from, to, "the slot is on node {to} already");
+        let slot = self.slot_of(key).to_string();
+        let slot = slot.as_str();
         let id = |i: usize| self.nodes[i].cmd(&["CLUSTER", "MYID"]).trim().to_string();
         let (from_id, to_id) = (id(from), id(to));
         let r = self.nodes[to].cmd(&["CLUSTER", "SETSLOT", slot, "IMPORTING", &from_id]);
@@ -401,9 +378,15 @@ impl RedisCluster {
         from
     }
 
-    /// The index of the node that serves `slot`, as node 0's `CLUSTER NODES` tells it.
-    fn holder(&self, slot: u16) -> usize {
-        let nodes = self.nodes[0].cmd(&["CLUSTER", "NODES"]);
+    /// `key`'s slot.
+    fn slot_of(&self, key: &str) -> u16 {
+        let slot = self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]);
+        slot.trim().parse().expect("slot number")
+    }
+
+    /// The index of the node that serves `slot`, as `view`'s `CLUSTER NODES` tells it.
+    fn holder_seen_by(&self, view: &RedisServer, slot: u16) -> Option<usize> {
+        let nodes = view.cmd(&["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             let Some(addr) = f.get(1) else { continue };
@@ -417,12 +400,10 @@ impl RedisCluster {
             });
             if serves {
                 let port = addr.split(['@', ':']).nth(1).unwrap_or_default();
-                if let Some(i) = self.nodes.iter().position(|n| n.port().to_string() == port) {
-                    return i;
-                }
+                return self.nodes.iter().position(|n| n.port().to_string() == port);
             }
         }
-        panic!("no node serves slot {slot}: {nodes}");
+        None
     }
 
     /// The node that holds `key`'s slot (by asking any node).
@@ -430,10 +411,20 @@ impl RedisCluster {
         &self.nodes[self.holder_of(key)]
     }
 
-    /// The index of the node that holds `key`'s slot.
+    /// The index of the node that holds `key`'s slot, as node 0 sees it.
     pub fn holder_of(&self, key: &str) -> usize {
-        let slot = self.nodes[0].cmd(&["CLUSTER", "KEYSLOT", key]);
-        self.holder(slot.trim().parse().expect("slot number"))
+        let slot = self.slot_of(key);
+        self.holder_seen_by(&self.nodes[0], slot)
+            .unwrap_or_else(|| panic!("no node serves slot {slot}"))
+    }
+}
+
+/// Polls `ok` every 50 ms until it holds; fails the test, naming `what`, after 20 s.
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok() {
+        assert!(Instant::now() < deadline, "waited 20 s for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
